@@ -1,0 +1,1 @@
+"""Checkpoint device providers (zope.interface), one module per device kind."""

@@ -1,0 +1,35 @@
+# -*- test-case-name: tests.test_tap -*-
+"""colod runs on Twisted's asyncio reactor, because qemu.qmp is asyncio-only."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+ASYNCIO_REACTOR = "AsyncioSelectorReactor"
+
+
+class WrongReactor(Exception):
+    """Another reactor was installed before colod could install the asyncio one."""
+
+
+def use_asyncio_reactor() -> None:
+    """Install the asyncio reactor, or refuse a different one already installed.
+
+    twistd imports the global reactor only after the plugin's options are
+    parsed, so a plain ``twistd colod`` gets here with none installed.
+    """
+    installed = sys.modules.get("twisted.internet.reactor")
+    if installed is None:
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+        return
+    name = type(installed).__name__
+    if name != ASYNCIO_REACTOR:
+        raise WrongReactor(
+            f"colod needs Twisted's asyncio reactor (qemu.qmp is asyncio-only) but the {name} "
+            "is installed: run 'twistd colod ...' without --reactor, or with --reactor=asyncio"
+        )

@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_service -*-
+"""The daemon's service tree: one ColodService, one DomainService per guest.
+
+A DomainService keeps a QMP connection to its guest's QEMU: it connects at
+start (retrying until the QEMU is there), says what it found, reconnects when
+the connection is lost, and closes it at stop.  The checkpoint engine and the
+peer link hang under this tree as they arrive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from colod.config import Config, DomainConfig
+from colod.qmp import QMPCapabilityError, QMPConnection, QMPFailure
+
+# How long to wait before trying again to reach a QEMU that was not reachable.
+RECONNECT_DELAY = 2.0
+
+
+class DomainService(Service):
+    """Holds the QMP connection to one protected domain's QEMU."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, domain: DomainConfig, reactor: IReactorTime) -> None:
+        self.setName(f"domain-{domain.name}")
+        self._config = config
+        self._domain = domain
+        self._reactor = reactor
+        self._retry: IDelayedCall | None = None
+        self._attempt: Deferred[Any] | None = None
+        self.connection: QMPConnection | None = None
+        self.state = "stopped"
+
+    def startService(self) -> None:
+        super().startService()
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry = None
+        self.connection = QMPConnection(
+            self._domain.qmp_socket,
+            name=self._domain.name,
+            command_timeout=self._config.qmp.command_timeout,
+            connect_timeout=self._config.qmp.connect_timeout,
+        )
+        self.state = "connecting"
+        self.log.info(
+            "domain {domain}: connecting to QEMU at {socket} as {role}",
+            domain=self._domain.name, socket=self._domain.qmp_socket, role=self._config.role,
+        )
+        self._attempt = self.connection.connect()
+        self._attempt.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, info: Any) -> None:
+        self._attempt = None
+        self.state = "connected"
+        self.log.info(
+            "domain {domain}: connected to QEMU {version}; all replication commands present",
+            domain=self._domain.name, version=info.version,
+        )
+        assert self.connection is not None
+        self.connection.whenLost().addCallback(self._lost)
+
+    def _connect_failed(self, failure: Any) -> None:
+        self._attempt = None
+        if not self.running:
+            return
+        if failure.check(QMPCapabilityError):
+            self.state = "unusable"
+            self.log.error("domain {domain}: {reason}; not protecting it",
+                           domain=self._domain.name, reason=failure.value)
+            return
+        if not failure.check(QMPFailure):
+            self.log.failure("domain {domain}: unexpected error while connecting",
+                             failure, domain=self._domain.name)
+        else:
+            self.log.warn("domain {domain}: {reason}; trying again in {delay:g} s",
+                          domain=self._domain.name, reason=failure.value, delay=RECONNECT_DELAY)
+        self.state = "waiting"
+        self._retry = self._reactor.callLater(RECONNECT_DELAY, self._connect)
+
+    def _lost(self, reason: QMPFailure) -> None:
+        if not self.running:
+            return
+        self.log.warn("domain {domain}: {reason}; reconnecting", domain=self._domain.name, reason=reason)
+        self._connect()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self.connection is not None:
+            yield self.connection.disconnect()
+        self.state = "stopped"
+        self.log.info("domain {domain}: QMP connection closed", domain=self._domain.name)
+
+
+class ColodService(MultiService):
+    """The root of colod's service tree for one node."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: IReactorTime) -> None:
+        super().__init__()
+        self.config = config
+        for domain in config.domains:
+            DomainService(config, domain, reactor).setServiceParent(self)
+
+    def startService(self) -> None:
+        self.log.info(
+            "colod starting as {role} on node {node} with {count} domain(s) from {path}",
+            role=self.config.role, node=self.config.node_name,
+            count=len(self.config.domains), path=self.config.path,
+        )
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        self.log.info("colod stopping")
+        return super().stopService()
