@@ -107,15 +107,15 @@ class _Table:
     """One TOML table being read: takes keys with checks, then refuses leftovers."""
 
     def __init__(self, path: str, where: str, data: dict[str, Any]) -> None:
-        self._path = path
-        self._where = where
+        self.path = path
+        self.where = where
         self._data = dict(data)
 
     def _key(self, key: str) -> str:
-        return f"{self._where}.{key}" if self._where else key
+        return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self._path}: {self._key(key)}: {problem}")
+        return ConfigError(f"{self.path}: {self._key(key)}: {problem}")
 
     def take(
         self,
@@ -146,7 +146,7 @@ class _Table:
     def table(self, key: str) -> _Table:
         """The sub-table ``key`` (an empty one when absent)."""
         data = self.take(key, dict, {})
-        return _Table(self._path, self._key(key), data)
+        return _Table(self.path, self._key(key), data)
 
     def tables(self, key: str) -> list[_Table]:
         """The array of tables ``key`` (``[[key]]``), which must be present."""
@@ -155,7 +155,7 @@ class _Table:
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise self.fail(f"{key}[{index}]", f"must be a table (got {_toml_type(item)})")
-            found.append(_Table(self._path, f"{self._key(key)}[{index}]", item))
+            found.append(_Table(self.path, f"{self._key(key)}[{index}]", item))
         return found
 
     def done(self) -> None:
@@ -299,16 +299,16 @@ def _domain(table: _Table) -> DomainConfig:
     nbd_port = table.take("nbd_port", int, check=_port)
     disks = tuple(_disk(t) for t in table.tables("disk"))
     table.done()
-    where = table._where
+    where = table.where
     for key in ("name", "quorum_node", "export_name"):
-        _check_unique(table._path, f"{where}.disk", key,
+        _check_unique(table.path, f"{where}.disk", key,
                       [(f"{where}.disk[{i}]", getattr(d, key)) for i, d in enumerate(disks)])
     images = [(f"{where}.disk[{i}]", key, getattr(d, key))
               for i, d in enumerate(disks) for key in ("image", "active_image", "hidden_image")]
     seen: dict[str, str] = {}
     for owner, key, image in images:
         if image in seen:
-            raise ConfigError(f"{table._path}: {owner}.{key}: the same file as {seen[image]} ({image!r})")
+            raise ConfigError(f"{table.path}: {owner}.{key}: the same file as {seen[image]} ({image!r})")
         seen[image] = f"{owner}.{key}"
     return DomainConfig(name=name, qmp_socket=qmp_socket, nbd_host=nbd_host, nbd_port=nbd_port,
                         disks=disks)
@@ -342,7 +342,8 @@ def _check_role_link(config: Config) -> None:
     """The secondary needs an address to listen on, the primary one to connect to."""
     needed = "listen" if config.role == "secondary" else "connect"
     if getattr(config.peer, needed) is None:
+        why = "the secondary listens for the primary" if needed == "listen" else (
+            "the primary connects to the secondary")
         raise ConfigError(
-            f"{config.path}: peer.{needed}: missing required key for role {config.role!r} "
-            f"(the {config.role} {'listens' if needed == 'listen' else 'connects'} to its peer)"
+            f"{config.path}: peer.{needed}: missing required key for role {config.role!r} ({why})"
         )

@@ -13,13 +13,14 @@ import atexit
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 QEMU_BINARY = "qemu-system-x86_64"
-# How long a QEMU gets to create its QMP socket.
+# How long a QEMU gets to greet on its QMP socket.
 START_TIMEOUT = 10.0
 # How long a QEMU gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 5.0
@@ -79,7 +80,7 @@ class QemuProcess:
         return self._process.pid
 
     def start(self, timeout: float = START_TIMEOUT) -> QemuProcess:
-        """Start QEMU and wait until its QMP socket exists."""
+        """Start QEMU and wait until its QMP monitor greets."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if os.path.exists(self.qmp_socket):
             os.unlink(self.qmp_socket)
@@ -92,7 +93,7 @@ class QemuProcess:
             )
         _running.add(self)
         deadline = time.monotonic() + timeout
-        while not os.path.exists(self.qmp_socket):
+        while not self._greets():
             if self._process.poll() is not None:
                 self._forget()
                 raise QemuStartError(
@@ -101,9 +102,23 @@ class QemuProcess:
                 )
             if time.monotonic() > deadline:
                 self.kill()
-                raise QemuStartError(f"{self.name}: QEMU made no QMP socket within {timeout:g} s")
+                raise QemuStartError(f"{self.name}: QEMU sent no QMP greeting within {timeout:g} s")
             time.sleep(0.01)
         return self
+
+    def _greets(self) -> bool:
+        """True once QEMU's monitor answers on its socket: the devices and drives are set up.
+
+        The socket file appears before QEMU opens its drives, so its mere
+        existence would hide a QEMU about to exit over a bad ``-drive``.
+        """
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(self.qmp_socket)
+                return b'"QMP"' in probe.recv(4096)
+            except OSError:
+                return False
 
     def output(self) -> str:
         """Everything QEMU has printed so far (its stdout and stderr)."""

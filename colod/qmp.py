@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import attrs
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, QMPClient, QMPError
@@ -29,6 +29,8 @@ from qemu.qmp.protocol import Runstate
 from qemu.qmp.qmp_client import ExecuteError
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+
+from colod.reactor import asyncio_loop
 
 # What colod sends to every protected domain's QEMU (reference §5).
 REQUIRED_COMMANDS = frozenset({
@@ -44,6 +46,7 @@ REQUIRED_COMMANDS = frozenset({
 CONNECT_RETRY_DELAY = 0.2
 
 Event = dict[str, Any]
+_R = TypeVar("_R")
 
 
 class QMPFailure(Exception):
@@ -151,11 +154,16 @@ class QMPConnection:
         # Reported as our own errors; the library's log lines would repeat them.
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
+    @staticmethod
+    def _start(coroutine: Coroutine[Any, Any, _R]) -> Deferred[_R]:
+        """Run ``coroutine`` on the reactor's asyncio loop; its result as a Deferred."""
+        return Deferred.fromFuture(asyncio_loop().create_task(coroutine))
+
     # -- connecting -------------------------------------------------------
 
     def connect(self) -> Deferred[QemuInfo]:
         """Connect, retrying until connect_timeout, then probe the QEMU."""
-        return Deferred.fromFuture(asyncio.ensure_future(self._connect()))
+        return self._start(self._connect())
 
     async def _connect(self) -> QemuInfo:
         deadline = time.monotonic() + self.connect_timeout
@@ -172,12 +180,12 @@ class QMPConnection:
                 break
             except ConnectError as e:
                 last_error = str(e.exc) or type(e.exc).__name__
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last_error = "QEMU accepted the connection but sent no QMP greeting"
                 continue
             await asyncio.sleep(min(CONNECT_RETRY_DELAY, max(0.0, deadline - time.monotonic())))
         self._lost_reason = None
-        self._watcher = asyncio.ensure_future(self._watch())
+        self._watcher = asyncio_loop().create_task(self._watch())
         try:
             self.info = await self._probe()
         except QMPFailure:
@@ -222,7 +230,7 @@ class QMPConnection:
         sends it out of band (for ``yank``, which must pass stuck I/O).
         """
         limit = self.command_timeout if timeout is None else timeout
-        return Deferred.fromFuture(asyncio.ensure_future(self._execute(command, arguments, limit, oob)))
+        return self._start(self._execute(command, arguments, limit, oob))
 
     async def _execute(
         self, command: str, arguments: dict[str, Any] | None, timeout: float, oob: bool = False
@@ -236,7 +244,7 @@ class QMPConnection:
             return await asyncio.wait_for(self._client.execute(command, arguments, oob=oob), timeout)
         except ExecuteError as e:
             raise QMPCommandError(command, e.error_class, str(e)) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise QMPTimeout(command, timeout) from None
         except (ExecInterruptedError, QMPError, OSError, EOFError) as e:
             raise QMPDisconnected(
@@ -260,7 +268,7 @@ class QMPConnection:
             if names is None or event["event"] in names:
                 try:
                     callback(event)
-                except Exception:
+                except Exception:  # noqa: BLE001 - one bad subscriber must not starve the others
                     self.log.failure("event subscriber failed on {event}", event=event["event"])
 
     # -- losing the connection -------------------------------------------
@@ -295,7 +303,7 @@ class QMPConnection:
 
     def disconnect(self) -> Deferred[None]:
         """Close the connection; safe to call at any time, and more than once."""
-        return Deferred.fromFuture(asyncio.ensure_future(self._disconnect()))
+        return self._start(self._disconnect())
 
     async def _disconnect(self) -> None:
         await self._abandon()

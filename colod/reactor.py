@@ -33,3 +33,21 @@ def use_asyncio_reactor() -> None:
             f"colod needs Twisted's asyncio reactor (qemu.qmp is asyncio-only) but the {name} "
             "is installed: run 'twistd colod ...' without --reactor, or with --reactor=asyncio"
         )
+
+
+def asyncio_loop() -> asyncio.AbstractEventLoop:
+    """The asyncio loop the installed Twisted reactor runs on.
+
+    Coroutines for qemu.qmp must be scheduled on this loop, not on whatever
+    asyncio.get_event_loop() returns outside a running loop (a test runner or
+    library may have set another one).  Twisted keeps the loop in the
+    reactor's ``_asyncioEventloop``; there is no public accessor.
+    """
+    from twisted.internet import reactor
+
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is None:
+        raise WrongReactor(
+            f"colod needs Twisted's asyncio reactor, not the {type(reactor).__name__}"
+        )
+    return loop

@@ -10,6 +10,7 @@ import functools
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,18 @@ from colod.qemu_process import QemuProcess
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 
-class QemuTestCase(unittest.TestCase):
-    """A trial TestCase with a scratch directory and QEMUs that are always reaped."""
+class ScratchTestCase(unittest.TestCase):
+    """A trial TestCase with its own scratch directory, removed afterwards."""
 
     def setUp(self) -> None:
-        # Unix socket paths are limited to 107 bytes: keep the directory short.
+        # Under /tmp, not the runner's cwd: unix socket paths are limited to
+        # 107 bytes, and the work tree stays clean whichever runner is used.
         self.workdir = Path(tempfile.mkdtemp(prefix="colod-", dir="/tmp"))
         self.addCleanup(shutil.rmtree, self.workdir, True)
+
+
+class QemuTestCase(ScratchTestCase):
+    """A ScratchTestCase whose QEMUs are always reaped, even when the test fails."""
 
     def start_qemu(self, name: str, args: Sequence[str] = (), **kwargs: str) -> QemuProcess:
         """Start a QEMU in this test's directory; it is reaped when the test ends."""
@@ -55,3 +61,15 @@ def sleep(seconds: float) -> Deferred[None]:
     from twisted.internet import reactor
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> str:
+    """Wait until the file at ``path`` contains ``text``; return its content, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} did not appear in {path} within {timeout:g} s:\n{content}")
+        time.sleep(0.05)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import signal
@@ -22,6 +21,7 @@ from colod.qmp import (
     QMPDisconnected,
     QMPTimeout,
 )
+from colod.reactor import asyncio_loop
 from tests.rig import QemuTestCase, async_test, sleep
 
 
@@ -43,7 +43,7 @@ class QMPConnectionTests(QemuTestCase):
         self.qemu = self.start_qemu("vm")
         # "Task exception was never retrieved" goes to the loop's exception
         # handler and to the 'asyncio' logger: catch both.
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio_loop()
         self.unhandled: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda loop, context: self.unhandled.append(context))
         self.addCleanup(self.loop.set_exception_handler, None)

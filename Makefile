@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Both set up what they
+# need on a fresh Debian 12 machine (as root): QEMU from Debian, a virtualenv
+# with colod and its test extras.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+DEB_PACKAGES := qemu-system-x86 qemu-utils python3-venv
+
+.PHONY: setup system-packages demo test lint trial clean
+
+setup: system-packages $(VENV)/.installed
+
+system-packages:
+	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing $(DEB_PACKAGES) with apt-get"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES); \
+	fi
+
+# compat mode puts the work tree on sys.path, where Twisted's plugin system
+# looks for twisted/plugins/colod_plugin.py.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+demo: setup
+	$(PY) -m colod.demo
+
+lint: setup
+	$(VENV)/bin/ruff check colod tests twisted bench
+
+test: setup lint
+	$(PY) -m pytest
+
+trial: setup
+	$(PY) -m twisted.trial tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info _trial_temp .pytest_cache .hypothesis
