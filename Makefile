@@ -29,7 +29,7 @@ demo: setup
 	$(PY) -m colod.demo
 
 lint: setup
-	$(VENV)/bin/ruff check colod tests twisted bench
+	$(VENV)/bin/ruff check .
 
 test: setup lint
 	$(PY) -m pytest
