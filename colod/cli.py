@@ -1,0 +1,60 @@
+# -*- test-case-name: tests.devices.test_cli -*-
+"""The ``colod`` command: tools for administrators, next to the ``twistd colod`` daemon.
+
+``colod qemu-args --role secondary --config FILE`` prints the QEMU arguments
+for the configured disks, one ``-blockdev`` per line, shell-quoted.  Exit
+status: 0 on success, 1 on a configuration error, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+from colod import config
+from colod.config import ConfigError
+from colod.qemu_args import qemu_args
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colod", description="colod administration tools")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    args = commands.add_parser(
+        "qemu-args", help="print the QEMU -blockdev arguments for a domain's replicated disks",
+        description="Print the -blockdev arguments the device model of DOMAIN needs on this role: "
+        "the quorum on the primary; the disk, its overlays, the replication node and the quorum "
+        "on the secondary.")
+    args.add_argument("--role", required=True, choices=config.ROLES)
+    args.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
+                      help=f"colod's configuration (default {config.DEFAULT_PATH})")
+    args.add_argument("--domain", metavar="NAME", help="the domain (needed when FILE has several)")
+    return parser
+
+
+def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    loaded = config.load(options.config, options.role)
+    names = [d.name for d in loaded.domains]
+    if options.domain is None:
+        if len(names) > 1:
+            parser.error(f"{options.config} has several domains; pick one with --domain ({', '.join(names)})")
+        domain = loaded.domains[0]
+    else:
+        found = [d for d in loaded.domains if d.name == options.domain]
+        if not found:
+            parser.error(f"no domain {options.domain!r} in {options.config} (it has: {', '.join(names)})")
+        domain = found[0]
+    args = qemu_args(domain, options.role)
+    print("\n".join(shlex.join(args[i:i + 2]) for i in range(0, len(args), 2)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    options = parser.parse_args(argv)
+    try:
+        _qemu_args(parser, options)
+    except ConfigError as e:
+        print(f"colod: error: {e}", file=sys.stderr)
+        return 1
+    return 0

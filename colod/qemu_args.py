@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.devices.test_qemu_args -*-
+"""The QEMU command-line arguments for a domain's replicated disks, on either side.
+
+The disks are part of the device model's command line, as Xen starts it;
+colod adds only what changes at run time over QMP (the NBD server and exports
+on the secondary, the replication child on the primary).  Every node gets an
+explicit name, so that colod, qemu-io and admins can address it; the names of
+the nodes colod derives are listed by DiskNodes, the one place they are made.
+
+Primary, per disk:   quorum (quorum_node) -> local image (colodN-disk)
+Secondary, per disk: quorum (quorum_node) -> replication (colodN-rep, secondary)
+                     -> active overlay -> hidden overlay -> disk (export_name),
+                     which the NBD server exports to the primary.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from colod.config import ConfigError, DiskConfig, DomainConfig
+
+# Node names colod makes up start with this, then the disk's index.
+NODE_PREFIX = "colod"
+
+
+@attrs.frozen
+class DiskNodes:
+    """The QEMU node names of one disk (the index-th of its domain)."""
+
+    index: int
+    disk: DiskConfig
+
+    def _name(self, part: str) -> str:
+        return f"{NODE_PREFIX}{self.index}-{part}"
+
+    @property
+    def quorum(self) -> str:
+        """The guest-facing node (both sides)."""
+        return self.disk.quorum_node
+
+    @property
+    def export(self) -> str:
+        """Secondary: the disk itself, exported over NBD under the same name."""
+        return self.disk.export_name
+
+    @property
+    def local(self) -> str:
+        """Primary: the disk itself, the quorum's first child."""
+        return self._name("disk")
+
+    @property
+    def image_file(self) -> str:
+        return self._name("file")
+
+    @property
+    def active(self) -> str:
+        return self._name("active")
+
+    @property
+    def active_file(self) -> str:
+        return self._name("active-file")
+
+    @property
+    def hidden(self) -> str:
+        return self._name("hidden")
+
+    @property
+    def hidden_file(self) -> str:
+        return self._name("hidden-file")
+
+    @property
+    def replication(self) -> str:
+        """The replication node: on the command line (secondary) or added by colod (primary)."""
+        return self._name("rep")
+
+    @property
+    def nbd(self) -> str:
+        """Primary: the NBD client under the replication node (named so it can be yanked)."""
+        return self._name("nbd")
+
+    def made_up(self) -> list[str]:
+        """Every node name colod derives for this disk."""
+        return [self.local, self.image_file, self.active, self.active_file, self.hidden,
+                self.hidden_file, self.replication, self.nbd]
+
+
+def disk_nodes(domain: DomainConfig) -> list[DiskNodes]:
+    """The node names of each disk of ``domain``; refuses configured names that clash with them."""
+    nodes = [DiskNodes(i, disk) for i, disk in enumerate(domain.disks)]
+    made_up = {name for n in nodes for name in n.made_up()}
+    for n in nodes:
+        for key in ("quorum_node", "export_name"):
+            value = getattr(n.disk, key)
+            if value in made_up:
+                raise ConfigError(
+                    f"domain {domain.name!r}: disk {n.disk.name!r}: {key}: {value!r} is a node name "
+                    f"colod uses itself (names '{NODE_PREFIX}<number>-...' are reserved)")
+    return nodes
+
+
+def _format_node(node_name: str, driver: str, filename: str, file_node: str) -> dict[str, Any]:
+    return {"driver": driver, "node-name": node_name,
+            "file": {"driver": "file", "filename": filename, "node-name": file_node}}
+
+
+def _quorum(n: DiskNodes, child: str) -> dict[str, Any]:
+    # fifo: reads come from the first child; the replication child cannot be read.
+    return {"driver": "quorum", "node-name": n.quorum, "vote-threshold": 1,
+            "read-pattern": "fifo", "children": [child]}
+
+
+def primary_blockdevs(n: DiskNodes) -> list[dict[str, Any]]:
+    return [
+        _format_node(n.local, n.disk.format, n.disk.image, n.image_file),
+        _quorum(n, n.local),
+    ]
+
+
+def secondary_blockdevs(n: DiskNodes) -> list[dict[str, Any]]:
+    # The overlays' backing links are made here, not in their image headers.
+    hidden = _format_node(n.hidden, "qcow2", n.disk.hidden_image, n.hidden_file)
+    hidden["backing"] = n.export
+    active = _format_node(n.active, "qcow2", n.disk.active_image, n.active_file)
+    active["backing"] = n.hidden
+    return [
+        _format_node(n.export, n.disk.format, n.disk.image, n.image_file),
+        hidden,
+        active,
+        {"driver": "replication", "node-name": n.replication, "mode": "secondary",
+         "top-id": n.quorum, "file": n.active},
+        _quorum(n, n.replication),
+    ]
+
+
+def qemu_args(domain: DomainConfig, role: str) -> list[str]:
+    """The ``-blockdev`` arguments of ``domain``'s disks for a QEMU on ``role``."""
+    build = {"primary": primary_blockdevs, "secondary": secondary_blockdevs}[role]
+    args: list[str] = []
+    for n in disk_nodes(domain):
+        for blockdev in build(n):
+            args += ["-blockdev", json.dumps(blockdev, separators=(",", ":"))]
+    return args

@@ -1,0 +1,1 @@
+"""Tests of colod.devices, colod.qemu_args and colod.cli, against real QEMU."""

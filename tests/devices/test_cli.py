@@ -1,0 +1,93 @@
+"""The ``colod qemu-args`` command: output, exit statuses and one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from colod import cli
+from colod.qemu_args import qemu_args
+from tests.devices.pair import ReplicationTestCase
+from tests.devices.test_group import domain
+
+COLOD = str(Path(sys.executable).with_name("colod"))
+
+
+class QemuArgsCommandTests(ReplicationTestCase):
+    def run_cli(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = cli.main(list(argv))
+            except SystemExit as e:
+                status = int(e.code or 0)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_prints_one_blockdev_per_line(self) -> None:
+        path = self.write_config("primary", [0])
+        status, out, err = self.run_cli("qemu-args", "--role", "primary", "--config", str(path))
+        self.assertEqual((status, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual([shlex.split(line)[0] for line in lines], ["-blockdev", "-blockdev"])
+        self.assertEqual(json.loads(shlex.split(lines[1])[1]), {
+            "driver": "quorum", "node-name": "colo-disk0", "vote-threshold": 1, "read-pattern": "fifo",
+            "children": ["colod0-disk"]})
+
+    def test_console_script(self) -> None:
+        """The installed ``colod`` script prints the same as cli.main."""
+        path = self.write_config("secondary", [0, 1])
+        done = subprocess.run([COLOD, "qemu-args", "--role", "secondary", "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        in_process = self.run_cli("qemu-args", "--role", "secondary", "--config", str(path))
+        self.assertEqual(done.stdout, in_process[1])
+        self.assertEqual(len(done.stdout.splitlines()), 10)
+
+    def test_usage_errors_exit_2(self) -> None:
+        path = str(self.write_config("primary", [0]))
+        for argv in ([], ["qemu-args", "--config", path],
+                     ["qemu-args", "--role", "tertiary", "--config", path],
+                     ["qemu-args", "--role", "primary", "--config", path, "--domain", "nope"]):
+            status, out, err = self.run_cli(*argv)
+            self.assertEqual((status, out), (2, ""), argv)
+            self.assertRegex(err.splitlines()[-1], r"^colod( qemu-args)?: error: ")
+        self.assertIn("no domain 'nope' in", err)
+
+    def test_config_errors_exit_1(self) -> None:
+        missing = self.workdir / "missing.toml"
+        status, out, err = self.run_cli("qemu-args", "--role", "primary", "--config", str(missing))
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"colod: error: {missing}: cannot read: No such file or directory\n")
+
+    def test_reserved_node_name_exits_1(self) -> None:
+        path = self.write_config("primary", [0, 1], quorum_nodes={1: "colod0-rep"})
+        status, out, err = self.run_cli("qemu-args", "--role", "primary", "--config", str(path))
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "colod: error: domain 'guest': disk 'xvdb': quorum_node: 'colod0-rep' is a "
+                              "node name colod uses itself (names 'colod<number>-...' are reserved)\n")
+
+
+class QemuArgsTests(unittest.TestCase):
+    def test_secondary_chain(self) -> None:
+        """The secondary's disk, overlays, replication node and quorum, in that order, all named."""
+        args = qemu_args(domain(1), "secondary")
+        self.assertEqual(args[::2], ["-blockdev"] * 5)
+        self.assertEqual([json.loads(a) for a in args[1::2]], [
+            {"driver": "raw", "node-name": "ea",
+             "file": {"driver": "file", "filename": "/i/a.img", "node-name": "colod0-file"}},
+            {"driver": "qcow2", "node-name": "colod0-hidden", "backing": "ea",
+             "file": {"driver": "file", "filename": "/i/a-h", "node-name": "colod0-hidden-file"}},
+            {"driver": "qcow2", "node-name": "colod0-active", "backing": "colod0-hidden",
+             "file": {"driver": "file", "filename": "/i/a-a", "node-name": "colod0-active-file"}},
+            {"driver": "replication", "node-name": "colod0-rep", "mode": "secondary", "top-id": "qa",
+             "file": "colod0-active"},
+            {"driver": "quorum", "node-name": "qa", "vote-threshold": 1, "read-pattern": "fifo",
+             "children": ["colod0-rep"]},
+        ])
