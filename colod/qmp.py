@@ -252,6 +252,17 @@ class QMPConnection:
                 f"({type(e).__name__}: {e})"
             ) from None
 
+    def send_fd(self, fd: int, name: str, timeout: float | None = None) -> Deferred[None]:
+        """Pass ``fd`` to QEMU under ``name`` (SCM_RIGHTS, then ``getfd``); the caller keeps its copy."""
+        limit = self.command_timeout if timeout is None else timeout
+        return self._start(self._send_fd(fd, name, limit))
+
+    async def _send_fd(self, fd: int, name: str, timeout: float) -> None:
+        if self._client.runstate != Runstate.RUNNING:
+            raise QMPDisconnected(f"cannot pass a file to QEMU at {self.socket_path}: not connected")
+        self._client.send_fd_scm(fd)
+        await self._execute("getfd", {"fdname": name}, timeout)
+
     # -- events -----------------------------------------------------------
 
     def subscribe(

@@ -1,0 +1,1 @@
+"""The guest-state engines: device model and memory."""
