@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.protocol -*-
+"""
+The checkpoint stream between two colods: a sans-IO codec for Xen's libxl /
+libxc migration-v2 format (main and back channel), and the Twisted peer link
+that carries both channels over one TCP connection.  See docs/protocol.md.
+"""
+
+from .decoder import CLOSED, NEED_DATA, Decoder, Frame
+from .encoder import Encoder
+from .errors import StreamError
+from .records import (
+    Buffer,
+    Checkpoint,
+    CheckpointDirtyPfnList,
+    CheckpointEnd,
+    CheckpointState,
+    DomainHeader,
+    EmulatorContext,
+    EmulatorXenstoreData,
+    End,
+    Heartbeat,
+    HvmContext,
+    HvmParams,
+    ImageHeader,
+    LibxcContext,
+    LibxcEnd,
+    PageData,
+    Record,
+    SharedInfo,
+    SkippedRecord,
+    StaticDataEnd,
+    StreamHeader,
+    Verify,
+    X86CpuidPolicy,
+    X86MsrPolicy,
+    X86PvInfo,
+    X86PvP2mFrames,
+    X86PvVcpuBasic,
+    X86PvVcpuExtended,
+    X86PvVcpuMsrs,
+    X86PvVcpuXsave,
+    X86TscInfo,
+    record_name,
+)
+from .state import Channel
+from .wire import CheckpointId, EmulatorId, GuestType, Namespace, PageType
+
+__all__ = [
+    "CLOSED", "NEED_DATA", "Buffer", "Channel", "Checkpoint", "CheckpointDirtyPfnList",
+    "CheckpointEnd", "CheckpointId", "CheckpointState", "Decoder", "DomainHeader", "EmulatorContext",
+    "EmulatorId", "EmulatorXenstoreData", "Encoder", "End", "Frame", "GuestType", "Heartbeat",
+    "HvmContext", "HvmParams", "ImageHeader", "LibxcContext", "LibxcEnd", "Namespace", "PageData",
+    "PageType", "Record", "SharedInfo", "SkippedRecord", "StaticDataEnd", "StreamError",
+    "StreamHeader", "Verify", "X86CpuidPolicy", "X86MsrPolicy", "X86PvInfo", "X86PvP2mFrames",
+    "X86PvVcpuBasic", "X86PvVcpuExtended", "X86PvVcpuMsrs", "X86PvVcpuXsave", "X86TscInfo",
+    "record_name",
+]

@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.protocol.test_handshake -*-
+"""
+The peer link's hello: the one thing colod puts before Xen's bytes.
+
+Each side writes a hello as soon as the TCP connection is up and reads the
+other's before anything else; Xen's stream (main channel from the primary,
+back channel from the secondary) follows right after it.  The hello names the
+link protocol version, the sender's role, the protected domain and the
+sender's node, so that a misdirected or stale connection is refused before a
+single guest page moves.  Layout (big-endian, like Xen's stream headers)::
+
+    0   8  magic        "ColodLnk"
+    8   2  version      1
+   10   1  role         1 primary, 2 secondary
+   11   1  reserved     0
+   12   2  domain_len   1..255
+   14   2  node_len     1..255
+   16      domain name, then node name (UTF-8), zero-padded to a multiple of 8
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import attrs
+
+from .wire import padding
+
+MAGIC = b"ColodLnk"
+VERSION = 1
+NAME_MAX = 255
+_FIXED = struct.Struct(">8sHBBHH")
+
+
+class Role(enum.Enum):
+    """The same strings as the configuration's C{role}."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+_ROLE_CODES = {Role.PRIMARY: 1, Role.SECONDARY: 2}
+_CODE_ROLES = {code: role for role, code in _ROLE_CODES.items()}
+
+
+class HandshakeError(Exception):
+    """The link was refused before the stream started; the message says why."""
+
+
+class MalformedHello(HandshakeError):
+    """The peer sent something that is not a colod hello."""
+
+
+class VersionMismatch(HandshakeError):
+    """The peer speaks another version of the link protocol."""
+
+
+class RoleMismatch(HandshakeError):
+    """Both ends claim the same role."""
+
+
+class DomainMismatch(HandshakeError):
+    """The peer protects another domain."""
+
+
+class PeerMismatch(HandshakeError):
+    """The peer is not the node this side is configured to pair with."""
+
+
+class HandshakeTimeout(HandshakeError):
+    """The peer's hello did not arrive in time."""
+
+
+@attrs.frozen
+class Hello:
+    role: Role
+    domain: str
+    node: str
+
+    def encode(self) -> bytes:
+        domain, node = self.domain.encode(), self.node.encode()
+        for what, name in (("domain", domain), ("node", node)):
+            if not 0 < len(name) <= NAME_MAX:
+                raise ValueError(f"{what} name must be 1 to {NAME_MAX} bytes of UTF-8")
+        names = domain + node
+        fixed = _FIXED.pack(MAGIC, VERSION, _ROLE_CODES[self.role], 0, len(domain), len(node))
+        return fixed + names + bytes(padding(len(names)))
+
+    @classmethod
+    def parse(cls, data: bytes) -> tuple[Hello, int] | None:
+        """
+        A hello from the start of C{data} and its size, or None if more bytes
+        are needed.
+
+        @raise MalformedHello: C{data} does not start with a valid hello.
+        @raise VersionMismatch: it is a hello of another version.
+        """
+        if len(data) < len(MAGIC):
+            if not MAGIC.startswith(bytes(data)):
+                raise MalformedHello("the peer is not a colod peer link (bad magic)")
+            return None
+        if bytes(data[: len(MAGIC)]) != MAGIC:
+            raise MalformedHello("the peer is not a colod peer link (bad magic)")
+        if len(data) < _FIXED.size:
+            return None
+        _, version, code, reserved, domain_len, node_len = _FIXED.unpack_from(data)
+        if version != VERSION:
+            raise VersionMismatch(f"peer speaks link protocol version {version}, this colod {VERSION}")
+        if code not in _CODE_ROLES or reserved:
+            raise MalformedHello(f"bad role byte {code} or reserved byte {reserved} in the peer's hello")
+        if not (0 < domain_len <= NAME_MAX and 0 < node_len <= NAME_MAX):
+            raise MalformedHello("domain or node name length out of range in the peer's hello")
+        names_len = domain_len + node_len
+        size = _FIXED.size + names_len + padding(names_len)
+        if len(data) < size:
+            return None
+        names = bytes(data[_FIXED.size : size])
+        if any(names[names_len:]):
+            raise MalformedHello("non-zero padding in the peer's hello")
+        try:
+            domain = names[:domain_len].decode()
+            node = names[domain_len:names_len].decode()
+        except UnicodeDecodeError:
+            raise MalformedHello("names in the peer's hello are not UTF-8") from None
+        return cls(role=_CODE_ROLES[code], domain=domain, node=node), size
+
+
+def check_peer(local: Hello, peer_node: str, peer: Hello) -> None:
+    """
+    Accept C{peer}'s hello for a link from C{local} to the node C{peer_node}.
+
+    @raise HandshakeError: a subclass naming the mismatch.
+    """
+    if peer.role is local.role:
+        raise RoleMismatch(f"both ends are {local.role.value}")
+    if peer.domain != local.domain:
+        raise DomainMismatch(f"peer protects domain {peer.domain!r}, this side {local.domain!r}")
+    if peer.node != peer_node:
+        raise PeerMismatch(f"peer is node {peer.node!r}, expected {peer_node!r}")

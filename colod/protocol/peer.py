@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.protocol.test_peer -*-
+"""
+The peer link: both checkpoint channels between two colods over one TCP
+connection, plus colod's liveness checks.
+
+TCP is full duplex, so the connection's two directions are exactly Xen's two
+file descriptors: primary to secondary carries the main stream, secondary to
+primary the back channel.  Each direction starts with a hello
+(L{colod.protocol.handshake}); then the primary's link writes the libxl
+stream header itself, so that heartbeats are legal from the first moment.
+After that each direction is nothing but its Xen stream, with colod
+HEARTBEAT records (optional type, bit 31 set) between records.
+
+The link is a thin adapter: bytes go through a L{Decoder} and L{Encoder};
+the observer (the checkpoint engine) gets typed records and four events.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+from .decoder import CLOSED, NEED_DATA, Decoder
+from .encoder import Encoder
+from .errors import StreamError
+from .handshake import HandshakeError, HandshakeTimeout, Hello, Role, check_peer
+from .records import Heartbeat, Record, SkippedRecord, StreamHeader
+from .state import Channel
+
+#: Seconds between heartbeats in each direction.
+HEARTBEAT_INTERVAL = 1.0
+#: Seconds without a byte from the peer before the observer hears about it;
+#: several heartbeat intervals, so that one late heartbeat is not a failure.
+SILENCE_TIMEOUT = 5.0
+#: Seconds the peer has to send a complete hello after the connection is up.
+HANDSHAKE_TIMEOUT = 10.0
+
+_SENDS = {Role.PRIMARY: Channel.MAIN, Role.SECONDARY: Channel.BACK}
+_RECEIVES = {Role.PRIMARY: Channel.BACK, Role.SECONDARY: Channel.MAIN}
+
+
+@attrs.frozen
+class LinkTiming:
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    silence_timeout: float = SILENCE_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+
+    def __attrs_post_init__(self) -> None:
+        # The same rule as the configuration's peer.heartbeat_timeout.
+        if not 0 < 2 * self.heartbeat_interval <= self.silence_timeout:
+            raise ValueError("silence_timeout must be at least two heartbeat intervals")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
+
+
+class LinkNotOpen(Exception):
+    """A record was sent before the handshake finished or after the link closed."""
+
+
+class IPeerLinkObserver(Interface):
+    """What the checkpoint engine hears from a peer link."""
+
+    def linkReady(link: PeerLink, peer: Hello) -> None:
+        """The handshake succeeded; C{link.sendRecord} may be used from now on."""
+
+    def recordReceived(link: PeerLink, record: Record) -> None:
+        """A record of the peer's stream (heartbeats and skipped records are not passed on)."""
+
+    def peerSilent(link: PeerLink, seconds: float) -> None:
+        """Nothing arrived for C{seconds}; repeated every silence timeout while it lasts."""
+
+    def linkLost(link: PeerLink, reason: Failure) -> None:
+        """
+        The link is gone, once per link: C{reason} wraps a L{HandshakeError},
+        a L{StreamError} (the peer's stream was malformed or truncated), or
+        the connection's own reason for a clean or abrupt close.
+        """
+
+
+class PeerLink(Protocol):
+    """One TCP connection to the peer colod, either end."""
+
+    def __init__(
+        self,
+        local: Hello,
+        peer_node: str,
+        observer: IPeerLinkObserver,
+        clock: IReactorTime,
+        timing: LinkTiming = LinkTiming(),
+    ) -> None:
+        self.local = local
+        self._peer_node = peer_node
+        self._observer = observer
+        self._clock = clock
+        self._timing = timing
+        self._encoder = Encoder(_SENDS[local.role])
+        self._decoder = Decoder(_RECEIVES[local.role])
+        self._hello = b""
+        self._open = False
+        self._failure: Failure | None = None
+        self._deadline: IDelayedCall | None = None
+        self._silence: IDelayedCall | None = None
+        self._last_heard = 0.0
+        self._beats = LoopingCall(self._beat)
+        self._beats.clock = clock
+        self._sequence = 0
+        self._beat_due = False
+
+    # --- Protocol -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.local.encode())
+        self._deadline = self._clock.callLater(self._timing.handshake_timeout, self._handshakeExpired)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failure is not None:
+            return
+        try:
+            if not self._open:
+                data = self._readHello(data)
+                if data is None:
+                    return
+            self._heard()
+            if data:  # b"" would tell the decoder the stream ended
+                self._decoder.receive_data(data)
+            self._drain()
+        except (HandshakeError, StreamError) as error:
+            self._fail(error)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stopTimers()
+        if self._failure is None:
+            if not self._open:
+                reason = Failure(HandshakeError("the connection closed before the peer's hello arrived"))
+            else:
+                try:
+                    self._decoder.receive_data(b"")
+                    self._drain()
+                except StreamError as error:
+                    reason = Failure(error)
+        self._open = False
+        self._observer.linkLost(self, self._failure or reason)
+
+    # --- API for the checkpoint engine --------------------------------------
+
+    def sendRecord(self, record: Record) -> None:
+        """
+        Write C{record} to this side's stream.
+
+        @raise LinkNotOpen: before L{IPeerLinkObserver.linkReady} or after the link is lost.
+        @raise StreamError: the record is malformed or not allowed at this point of the stream.
+        """
+        if not self._open:
+            raise LinkNotOpen("the peer link is not open")
+        self.transport.writeSequence(self._encoder.send_buffers(record))
+        if self._beat_due:
+            self._beat()
+
+    def close(self) -> None:
+        """Close the link; L{IPeerLinkObserver.linkLost} follows."""
+        self.transport.loseConnection()
+
+    # --- internals ------------------------------------------------------------
+
+    def _readHello(self, data: bytes) -> bytes | None:
+        self._hello += data
+        parsed = Hello.parse(self._hello)
+        if parsed is None:
+            return None
+        peer, size = parsed
+        check_peer(self.local, self._peer_node, peer)
+        rest, self._hello = self._hello[size:], b""
+        self._deadline.cancel()
+        self._open = True
+        self._silence = self._clock.callLater(self._timing.silence_timeout, self._silent)
+        if self.local.role is Role.PRIMARY:
+            self.transport.write(self._encoder.send(StreamHeader()))
+        self._beats.start(self._timing.heartbeat_interval, now=False)
+        self._observer.linkReady(self, peer)
+        return rest
+
+    def _drain(self) -> None:
+        while self._open:
+            record = self._decoder.next_record()
+            if record is NEED_DATA or record is CLOSED:
+                return
+            if not isinstance(record, (Heartbeat, SkippedRecord)):
+                self._observer.recordReceived(self, record)
+
+    def _heard(self) -> None:
+        self._last_heard = self._clock.seconds()
+        if self._silence is not None and self._silence.active():
+            self._silence.reset(self._timing.silence_timeout)
+
+    def _silent(self) -> None:
+        self._silence = self._clock.callLater(self._timing.silence_timeout, self._silent)
+        self._observer.peerSilent(self, self._clock.seconds() - self._last_heard)
+
+    def _beat(self) -> None:
+        beat = Heartbeat(sequence=self._sequence, sent_at_ns=int(self._clock.seconds() * 1e9))
+        self._beat_due = not self._encoder.can_send(beat)
+        if not self._beat_due:
+            self._sequence += 1
+            self.transport.write(self._encoder.send(beat))
+
+    def _handshakeExpired(self) -> None:
+        self._fail(HandshakeTimeout(f"no hello from the peer within {self._timing.handshake_timeout} s"))
+
+    def _fail(self, error: Exception) -> None:
+        self._failure = Failure(error)
+        self._open = False
+        self._stopTimers()
+        self.transport.loseConnection()
+
+    def _stopTimers(self) -> None:
+        for call in (self._deadline, self._silence):
+            if call is not None and call.active():
+                call.cancel()
+        if self._beats.running:
+            self._beats.stop()
+
+
+@attrs.define
+class PeerLinkFactory(Factory):
+    """Builds a L{PeerLink} per connection, all reporting to one observer."""
+
+    local: Hello
+    peer_node: str
+    observer: IPeerLinkObserver
+    clock: IReactorTime
+    timing: LinkTiming = LinkTiming()
+
+    def buildProtocol(self, addr: object) -> PeerLink:
+        return PeerLink(self.local, self.peer_node, self.observer, self.clock, self.timing)

@@ -1,0 +1,1 @@
+"""Tests for colod.protocol: the checkpoint stream codec and the peer link."""

@@ -1,0 +1,139 @@
+"""The decoder's framing: chunking, end of file, errors with offsets, memory and copies."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from colod.protocol import (
+    CLOSED,
+    NEED_DATA,
+    Channel,
+    CheckpointId,
+    CheckpointState,
+    Decoder,
+    End,
+    PageData,
+    StreamError,
+)
+
+from .streams import colo_back, colo_main, decode, drain, encode, pages, plain_hvm
+
+
+def test_record_header_over_128_mib_is_refused_before_its_body() -> None:
+    """Only the 8 header bytes are needed to refuse a body over REC_LENGTH_MAX."""
+    prefix = encode(plain_hvm()[:7])
+    decoder = Decoder()
+    decoder.receive_data(prefix + bytes.fromhex("01000000 01000008"))
+    with pytest.raises(StreamError) as caught:
+        drain(decoder)
+    assert caught.value.offset == len(prefix) + 4
+    assert "128 MiB" in caught.value.reason
+
+
+def test_error_state_is_sticky() -> None:
+    decoder = Decoder()
+    decoder.receive_data(b"NotLibxlFmt12345")
+    with pytest.raises(StreamError) as first:
+        decoder.next_record()
+    decoder.receive_data(encode(plain_hvm()))
+    with pytest.raises(StreamError) as again:
+        decoder.next_record()
+    assert again.value is first.value
+    assert str(first.value).startswith("offset 0: not a libxl stream")
+
+
+@pytest.mark.parametrize("cut", [1, 15, 16, 20, 23, 24, 100])
+def test_truncated_plain_stream(cut: int) -> None:
+    """A plain stream must reach END; anywhere else EOF is an error at the cut record."""
+    data = encode(plain_hvm())[:cut]
+    with pytest.raises(StreamError) as caught:
+        decode(data)
+    assert caught.value.offset <= cut
+
+
+def test_clean_end_of_file() -> None:
+    decoder = Decoder()
+    decoder.receive_data(encode(plain_hvm()))
+    assert drain(decoder)[-1] == End()
+    assert decoder.next_record() is NEED_DATA
+    decoder.receive_data(b"")
+    assert decoder.next_record() is CLOSED
+    assert decoder.next_record() is CLOSED
+
+
+def test_trailing_data_after_end() -> None:
+    with pytest.raises(StreamError, match="after the end of the stream"):
+        decode(encode(plain_hvm()) + bytes(8))
+
+
+def test_colo_stream_may_end_after_a_complete_checkpoint() -> None:
+    """COLO never sends END: the primary's stream just stops (failover)."""
+    records = colo_main(2)
+    assert decode(encode(records)) == records
+    new = CheckpointState(CheckpointId.NEW)
+    assert decode(encode([*records, new]))[-1] == new
+
+
+def test_colo_stream_may_not_end_in_its_first_checkpoint() -> None:
+    records = colo_main(0)
+    with pytest.raises(StreamError, match="first checkpoint"):
+        decode(encode(records[:-1]))
+
+
+def test_back_channel_lock_step() -> None:
+    records = colo_back(2)
+    assert decode(encode(records, Channel.BACK), Channel.BACK) == records
+    resumed = bytes.fromhex("05000000 04000000 03000000 00000000")
+    with pytest.raises(StreamError, match=r"SVM_RESUMED\) is not allowed after SVM_RESUMED") as caught:
+        decode(encode(records[:2], Channel.BACK) + resumed, Channel.BACK)
+    assert caught.value.offset == 32
+
+
+def test_page_data_is_a_view_of_the_received_bytes() -> None:
+    """A body inside one received chunk is handed out without a copy."""
+    data = encode([*plain_hvm()[:7], pages(4)])
+    decoder = Decoder()
+    decoder.receive_data(data)
+    record = drain(decoder)[-1]
+    assert isinstance(record, PageData)
+    assert isinstance(record.data, memoryview)
+    assert record.data.obj is data
+    assert record.data.nbytes == 4 * 4096
+
+
+def test_memory_is_bounded_by_one_record() -> None:
+    """Decoding 64 MiB of PAGE_DATA fed in 64 KiB chunks never holds much more than one 1 MiB record."""
+    prologue = encode(plain_hvm()[:7])
+    batch = encode([*plain_hvm()[:7], pages(256)])[len(prologue):]
+    decoder = Decoder()
+    decoder.receive_data(prologue)
+    drain(decoder)
+    chunk = 64 * 1024
+    decoded = 0
+    tracemalloc.start()
+    try:
+        for _ in range(64):
+            for start in range(0, len(batch), chunk):
+                decoder.receive_data(batch[start : start + chunk])
+                decoded += len(drain(decoder))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded == 64
+    assert peak < 1.5 * len(batch) + chunk, peak
+
+
+def test_big_page_data_is_not_copied_per_page() -> None:
+    """1024 pages decode into one pfn array and one buffer."""
+    data = encode([*plain_hvm()[:7], pages(1024)])
+    record = decode_prefix(data)[-1]
+    assert record.pfns.typecode == "Q" and len(record.pfns) == 1024
+    assert record.data.nbytes == 1024 * 4096
+
+
+def decode_prefix(data: bytes) -> list:
+    decoder = Decoder()
+    decoder.receive_data(data)
+    return drain(decoder)

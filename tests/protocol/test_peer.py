@@ -1,0 +1,277 @@
+"""The peer link over real TCP on 127.0.0.1, with timers on injected clocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from colod.protocol import (
+    CheckpointDirtyPfnList,
+    CheckpointId,
+    CheckpointState,
+    DomainHeader,
+    Heartbeat,
+    ImageHeader,
+    LibxcContext,
+    Record,
+    StreamError,
+    StreamHeader,
+)
+from colod.protocol.handshake import (
+    DomainMismatch,
+    HandshakeTimeout,
+    Hello,
+    MalformedHello,
+    PeerMismatch,
+    Role,
+    RoleMismatch,
+    VersionMismatch,
+)
+from colod.protocol.peer import IPeerLinkObserver, LinkNotOpen, LinkTiming, PeerLink, PeerLinkFactory
+
+from .streams import encode, pages
+
+PRIMARY = Hello(Role.PRIMARY, "guest1", "node-a")
+SECONDARY = Hello(Role.SECONDARY, "guest1", "node-b")
+TIMING = LinkTiming(heartbeat_interval=1.0, silence_timeout=5.0, handshake_timeout=10.0)
+
+
+@implementer(IPeerLinkObserver)
+class Recorder:
+    """Remembers what a link reported."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred[Hello] = Deferred()
+        self.lost: Deferred[BaseException] = Deferred()
+        self.link: PeerLink | None = None
+        self.records: list[Record] = []
+        self.silences: list[float] = []
+
+    def linkReady(self, link: PeerLink, peer: Hello) -> None:
+        self.link = link
+        self.ready.callback(peer)
+
+    def recordReceived(self, link: PeerLink, record: Record) -> None:
+        self.records.append(record)
+
+    def peerSilent(self, link: PeerLink, seconds: float) -> None:
+        self.silences.append(seconds)
+
+    def linkLost(self, link: PeerLink, reason: Failure) -> None:
+        self.lost.callback(reason.value)
+
+
+@inlineCallbacks
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0):
+    """Let the real reactor run until C{condition()} holds; fail after C{timeout} s."""
+    for _ in range(int(timeout / 0.005)):
+        if condition():
+            return
+        yield deferLater(reactor, 0.005, lambda: None)
+    raise AssertionError("condition not met in time")
+
+
+class RawHello(Protocol):
+    """A fake peer that sends fixed bytes and nothing else."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+
+
+class PeerLinkTests(TestCase):
+    def setUp(self) -> None:
+        self.primary_clock, self.secondary_clock = Clock(), Clock()
+        self.primary, self.secondary = Recorder(), Recorder()
+
+    @inlineCallbacks
+    def listen(self, local: Hello = SECONDARY, peer_node: str = "node-a"):
+        factory = PeerLinkFactory(local, peer_node, self.secondary, self.secondary_clock, TIMING)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def connect(self, port: int, factory: Factory | None = None):
+        factory = factory or PeerLinkFactory(PRIMARY, "node-b", self.primary, self.primary_clock, TIMING)
+        protocol = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+        return protocol
+
+    @inlineCallbacks
+    def open_pair(self):
+        port = yield self.listen()
+        yield self.connect(port)
+        peers = yield from_both(self.primary.ready, self.secondary.ready)
+        self.addCleanup(self.close_pair)
+        return peers
+
+    @inlineCallbacks
+    def close_pair(self):
+        if not self.primary.lost.called:
+            self.primary.link.close()
+        yield self.primary.lost
+        yield self.secondary.lost
+
+    @inlineCallbacks
+    def test_handshake_and_both_channels(self):
+        """Each side learns who the other is; main records flow P->S, back records S->P."""
+        peer_of_primary, peer_of_secondary = yield self.open_pair()
+        self.assertEqual(peer_of_primary, SECONDARY)
+        self.assertEqual(peer_of_secondary, PRIMARY)
+        sent = [LibxcContext(), ImageHeader(3), DomainHeader()]
+        for record in sent:
+            self.primary.link.sendRecord(record)
+        back = [CheckpointState(CheckpointId.SVM_READY), CheckpointState(CheckpointId.SVM_RESUMED),
+                CheckpointState(CheckpointId.SVM_SUSPENDED), CheckpointDirtyPfnList([1, 2, 3])]
+        for record in back:
+            self.secondary.link.sendRecord(record)
+        yield wait_for(lambda: len(self.secondary.records) == 4 and len(self.primary.records) == 4)
+        self.assertEqual(self.secondary.records, [StreamHeader(), *sent])
+        self.assertEqual(self.primary.records, back)
+
+    @inlineCallbacks
+    def test_large_page_data(self):
+        """A 4 MiB PAGE_DATA crosses TCP in many segments and arrives intact."""
+        yield self.open_pair()
+        for record in (LibxcContext(), ImageHeader(2), DomainHeader()):
+            self.primary.link.sendRecord(record)
+        batch = pages(1024, fill=0x5A)
+        self.primary.link.sendRecord(batch)
+        yield wait_for(lambda: len(self.secondary.records) == 5)
+        self.assertEqual(self.secondary.records[-1], batch)
+
+    @inlineCallbacks
+    def test_refused_records_raise(self):
+        """The link refuses records its stream may not carry; the stream stays usable."""
+        yield self.open_pair()
+        with self.assertRaises(StreamError):
+            self.primary.link.sendRecord(CheckpointState(CheckpointId.SVM_READY))
+        with self.assertRaises(StreamError):
+            self.secondary.link.sendRecord(CheckpointState(CheckpointId.NEW))
+        self.primary.link.sendRecord(LibxcContext())
+        yield wait_for(lambda: self.secondary.records == [StreamHeader(), LibxcContext()])
+
+    @inlineCallbacks
+    def test_heartbeats_keep_a_quiet_peer_alive(self):
+        """Heartbeats every interval reset the peer's silence deadline; their absence is reported."""
+        yield self.open_pair()
+        self.secondary_clock.advance(4.0)
+        self.primary_clock.advance(1.0)  # the primary's first heartbeat
+        yield wait_for(lambda: 9.0 in [call.getTime() for call in self.secondary_clock.getDelayedCalls()])
+        self.secondary_clock.advance(4.9)
+        self.assertEqual(self.secondary.silences, [])
+        self.secondary_clock.advance(0.1)
+        self.assertEqual(self.secondary.silences, [5.0])
+        self.secondary_clock.advance(5.0)
+        self.assertEqual(self.secondary.silences, [5.0, 10.0])
+        self.assertEqual(self.secondary.records, [StreamHeader()])  # heartbeats are not passed on
+
+    @inlineCallbacks
+    def test_heartbeat_waits_for_a_record_boundary(self):
+        """Between LIBXC_CONTEXT and the libxc headers a heartbeat is illegal; it follows the headers."""
+        yield self.open_pair()
+        self.primary.link.sendRecord(LibxcContext())
+        self.primary_clock.advance(1.0)
+        self.primary.link.sendRecord(ImageHeader(3))
+        self.primary.link.sendRecord(DomainHeader())
+        yield wait_for(lambda: len(self.secondary.records) == 4)
+        self.assertNotIn(Heartbeat, [type(r) for r in self.secondary.records])
+
+    def test_send_before_handshake(self):
+        """Records cannot be sent before the peer's hello arrived."""
+        link = PeerLink(PRIMARY, "node-b", self.primary, self.primary_clock, TIMING)
+        with self.assertRaises(LinkNotOpen):
+            link.sendRecord(LibxcContext())
+
+    @inlineCallbacks
+    def assertRefused(self, error: type, local: Hello = SECONDARY, peer_node: str = "node-a",
+                      primary: Hello = PRIMARY, primary_peer: str = "node-b"):
+        port = yield self.listen(local, peer_node)
+        factory = PeerLinkFactory(primary, primary_peer, self.primary, self.primary_clock, TIMING)
+        yield self.connect(port, factory)
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, error)
+        primary_reason = yield self.primary.lost
+        self.assertFalse(self.secondary.ready.called)
+        self.assertEqual(self.secondary_clock.getDelayedCalls(), [])
+        return primary_reason
+
+    @inlineCallbacks
+    def test_wrong_domain(self):
+        reason = yield self.assertRefused(DomainMismatch, local=Hello(Role.SECONDARY, "guest2", "node-b"))
+        self.assertIsInstance(reason, DomainMismatch)
+
+    @inlineCallbacks
+    def test_wrong_role(self):
+        reason = yield self.assertRefused(RoleMismatch, local=Hello(Role.PRIMARY, "guest1", "node-b"))
+        self.assertIsInstance(reason, RoleMismatch)
+
+    @inlineCallbacks
+    def test_wrong_peer(self):
+        yield self.assertRefused(PeerMismatch, peer_node="node-c")
+
+    @inlineCallbacks
+    def test_wrong_version(self):
+        port = yield self.listen()
+        hello = bytearray(PRIMARY.encode())
+        hello[9] = 2
+        yield self.connect(port, Factory.forProtocol(lambda: RawHello(bytes(hello))))
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, VersionMismatch)
+
+    @inlineCallbacks
+    def test_not_a_peer(self):
+        port = yield self.listen()
+        yield self.connect(port, Factory.forProtocol(lambda: RawHello(b"GET / HTTP/1.1\r\n\r\n")))
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, MalformedHello)
+
+    @inlineCallbacks
+    def test_handshake_deadline(self):
+        """A peer that connects and says nothing is dropped when the handshake deadline passes."""
+        port = yield self.listen()
+        yield self.connect(port, Factory.forProtocol(lambda: RawHello(b"ColodLnk")))
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(self.secondary.lost.called)
+        self.secondary_clock.advance(10.0)
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, HandshakeTimeout)
+
+    @inlineCallbacks
+    def test_malformed_stream(self):
+        """After a valid hello, bytes that are not a libxl stream end the link with a StreamError."""
+        port = yield self.listen()
+        yield self.connect(port, Factory.forProtocol(lambda: RawHello(PRIMARY.encode() + b"NotLibxl" * 2)))
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, StreamError)
+        self.assertEqual(reason.offset, 0)
+
+    @inlineCallbacks
+    def test_truncated_stream(self):
+        """A peer that closes inside a record is reported as a StreamError, not a clean close."""
+        port = yield self.listen()
+        header = StreamHeader()
+        data = PRIMARY.encode() + encode([header, LibxcContext()])[:20]
+        client = yield self.connect(port, Factory.forProtocol(lambda: RawHello(data)))
+        yield wait_for(lambda: self.secondary.records == [header])
+        client.transport.loseConnection()
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, StreamError)
+        self.assertIn("ends inside", reason.reason)
+
+
+@inlineCallbacks
+def from_both(first: Deferred, second: Deferred):
+    a = yield first
+    b = yield second
+    return a, b

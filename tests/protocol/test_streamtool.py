@@ -1,0 +1,88 @@
+"""colod-stream: exit statuses, the single error line, and dump output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from colod.protocol import Channel
+from colod.streamtool import main
+
+from .streams import colo_back, colo_main, encode, pages, plain_hvm
+
+
+@pytest.fixture
+def colo(tmp_path: Path) -> Path:
+    path = tmp_path / "colo.main"
+    path.write_bytes(encode(colo_main(2)))
+    return path
+
+
+def test_verify_valid(colo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(colo)]) == 0
+    assert capsys.readouterr().out == f"valid main stream: {len(colo_main(2))} records\n"
+
+
+def test_verify_back_channel(tmp_path: Path) -> None:
+    path = tmp_path / "colo.back"
+    path.write_bytes(encode(colo_back(2), Channel.BACK))
+    assert main(["verify", str(path), "--channel", "back"]) == 0
+    assert main(["verify", str(path)]) == 1
+
+
+def test_verify_invalid_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = bytearray(encode(plain_hvm()))
+    data[24 + 15] = 9  # low byte of the big-endian libxc image version at offset 36
+    path = tmp_path / "bad"
+    path.write_bytes(bytes(data))
+    assert main(["verify", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "offset 36: libxc image version 9, expected 2 or 3\n"
+
+
+@pytest.mark.parametrize("argv", [[], ["verify"], ["frobnicate", "x"], ["verify", "x", "--channel", "side"]])
+def test_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["verify", str(tmp_path / "missing")])
+    assert caught.value.code == 2
+
+
+def test_dump_text(colo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dump", str(colo)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(colo_main(2))
+    assert lines[0].split() == ["0", "libxl", "STREAM_HEADER", "16", "legacy=False"]
+    page_line = next(line for line in lines if "PAGE_DATA" in line)
+    assert page_line.split()[1:] == ["libxc", "PAGE_DATA", str(8 + 3 * 8 + 3 * 4096), "count=3",
+                                     "pfns=0x100-0x102", "types=NOTAB:3"]
+    assert any(line.split()[1:4] == ["libxl", "CHECKPOINT_STATE", "4"] for line in lines)
+
+
+def test_dump_json(colo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dump", str(colo), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    state = next(row for row in rows if row["type"] == "CHECKPOINT_STATE")
+    assert state["namespace"] == "libxl" and state["length"] == 4 and state["fields"] == {"id": "NEW"}
+    offsets = [row["offset"] for row in rows]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+
+
+def test_console_script_streams_large_input(tmp_path: Path) -> None:
+    """The installed entry point reads from stdin in chunks; exit status 0."""
+    data = encode(colo_main(0))
+    big = encode([*colo_main(0)[:7], *[pages(64)] * 40])  # 10 MiB of pages, left open: invalid
+    script = [sys.executable, "-m", "colod.streamtool", "verify", "-"]
+    assert subprocess.run(script, input=data, capture_output=True, check=False).returncode == 0
+    result = subprocess.run(script, input=big, capture_output=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(f"offset {len(big)}: stream ends in the libxc stream")
