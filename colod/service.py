@@ -36,7 +36,6 @@ class DomainService(Service):
         self._retry: IDelayedCall | None = None
         self._attempt: Deferred[Any] | None = None
         self.connection: QMPConnection | None = None
-        self.state = "stopped"
 
     def startService(self) -> None:
         super().startService()
@@ -50,7 +49,6 @@ class DomainService(Service):
             command_timeout=self._config.qmp.command_timeout,
             connect_timeout=self._config.qmp.connect_timeout,
         )
-        self.state = "connecting"
         self.log.info(
             "domain {domain}: connecting to QEMU at {socket} as {role}",
             domain=self._domain.name, socket=self._domain.qmp_socket, role=self._config.role,
@@ -60,7 +58,6 @@ class DomainService(Service):
 
     def _connected(self, info: Any) -> None:
         self._attempt = None
-        self.state = "connected"
         self.log.info(
             "domain {domain}: connected to QEMU {version}; all replication commands present",
             domain=self._domain.name, version=info.version,
@@ -73,7 +70,6 @@ class DomainService(Service):
         if not self.running:
             return
         if failure.check(QMPCapabilityError):
-            self.state = "unusable"
             self.log.error("domain {domain}: {reason}; not protecting it",
                            domain=self._domain.name, reason=failure.value)
             return
@@ -83,7 +79,6 @@ class DomainService(Service):
         else:
             self.log.warn("domain {domain}: {reason}; trying again in {delay:g} s",
                           domain=self._domain.name, reason=failure.value, delay=RECONNECT_DELAY)
-        self.state = "waiting"
         self._retry = self._reactor.callLater(RECONNECT_DELAY, self._connect)
 
     def _lost(self, reason: QMPFailure) -> None:
@@ -102,7 +97,6 @@ class DomainService(Service):
             self._attempt.cancel()
         if self.connection is not None:
             yield self.connection.disconnect()
-        self.state = "stopped"
         self.log.info("domain {domain}: QMP connection closed", domain=self._domain.name)
 
 
