@@ -67,6 +67,8 @@ class DeviceModelEngine:
         self._load_timeout = load_timeout
         self._staged: Path = self._state_dir / "device-state"
         self._loaded = False
+        version = qmp.info.version if qmp.info is not None else "(version not probed)"
+        self.log.info("QEMU {version}: {policy}", version=version, policy=LOAD_POLICY)
 
     @property
     def staged_state(self) -> Path:

@@ -82,6 +82,23 @@ class DeviceModelTests(QemuTestCase):
         self.assertTrue(secondary.running())
 
     @async_test
+    async def test_load_policy_is_logged(self) -> None:
+        """The engine says, with the QEMU version, that it loads the device state once at failover."""
+        from twisted.logger import globalLogPublisher
+
+        seen: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace", "").endswith("DeviceModelEngine"):
+                seen.append(event["log_format"].format(**event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        await self.pair()
+        self.assertEqual(len(seen), 2)
+        self.assertRegex(seen[0], r"^QEMU 7\.2\.\d+ .*: device state is kept and loaded once, at failover")
+
+    @async_test
     async def test_take_over_without_state(self) -> None:
         """No completed checkpoint means nothing to load: a clear error, QEMU untouched."""
         _, _, s, _, secondary_dm = await self.pair()
