@@ -74,6 +74,9 @@ class DomainConfig:
     nbd_host: str
     nbd_port: int
     disks: tuple[DiskConfig, ...]
+    # Guest RAM as a file-backed image (colod.guest.memory_image), for tests and
+    # benchmarks; None for a guest whose memory Xen moves.
+    memory_image: str | None = None
 
 
 @attrs.frozen
@@ -297,6 +300,7 @@ def _domain(table: _Table) -> DomainConfig:
     qmp_socket = table.take("qmp_socket", str, check=_absolute_path)
     nbd_host = table.take("nbd_host", str, check=_hostname)
     nbd_port = table.take("nbd_port", int, check=_port)
+    memory_image = table.take("memory_image", str, None, check=_absolute_path)
     disks = tuple(_disk(t) for t in table.tables("disk"))
     table.done()
     where = table.where
@@ -311,7 +315,7 @@ def _domain(table: _Table) -> DomainConfig:
             raise ConfigError(f"{table.path}: {owner}.{key}: the same file as {seen[image]} ({image!r})")
         seen[image] = f"{owner}.{key}"
     return DomainConfig(name=name, qmp_socket=qmp_socket, nbd_host=nbd_host, nbd_port=nbd_port,
-                        disks=disks)
+                        disks=disks, memory_image=memory_image)
 
 
 def _disk(table: _Table) -> DiskConfig:

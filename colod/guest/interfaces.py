@@ -1,0 +1,57 @@
+"""The guest's own state in a checkpoint, behind one interface per side of a domain.
+
+A checkpoint engine (colod.engine) moves the protocol; an IGuestEngine does
+what touches the guest: stop and start it, produce the records that carry its
+memory (inside LIBXC_CONTEXT) and its device model (EMULATOR_CONTEXT) on the
+primary, and keep and finally load them on the secondary.  The shape follows
+libxl's callbacks into libxc (xen-colo-protocol.md §3.1): a Xen engine that
+drives ``libxl-save-helper`` fits behind the same methods, its records read
+from the helper's stream instead of built here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from colod.protocol import CheckpointDirtyPfnList, Record
+
+
+class IGuestEngine(Interface):
+    """One domain's guest on one node, as a checkpoint sees it."""
+
+    description = Attribute("str: what this engine drives and how it loads state, for logs and status")
+
+    def suspend() -> Deferred[None]:
+        """Stop the guest: no vCPU runs and no device does I/O until resume."""
+
+    def resume() -> Deferred[None]:
+        """Let the guest run again."""
+
+    # -- primary ------------------------------------------------------------
+
+    def first_records() -> Deferred[Sequence[Record]]:
+        """Guest suspended: the libxc body of the first checkpoint (every page), dirty tracking reset."""
+
+    def checkpoint_records(secondary_dirty: CheckpointDirtyPfnList) -> Deferred[Sequence[Record]]:
+        """Guest suspended: the libxc body of a later checkpoint, with the secondary's dirty pages too."""
+
+    def emulator_records() -> Deferred[Sequence[Record]]:
+        """Guest suspended: the device model's records (EMULATOR_CONTEXT) of this checkpoint."""
+
+    # -- secondary ----------------------------------------------------------
+
+    def dirty_pfn_list() -> Deferred[CheckpointDirtyPfnList]:
+        """Guest suspended: the pages it dirtied since the last checkpoint, tracking reset."""
+
+    def apply_checkpoint(records: Sequence[Record]) -> Deferred[None]:
+        """Make one complete checkpoint (libxc body and emulator records) the state to fail over to.
+
+        Called only once the checkpoint has arrived whole, so a checkpoint cut
+        short is never half-applied.
+        """
+
+    def take_over() -> Deferred[None]:
+        """Failover: bring the guest to the last applied checkpoint and run it."""
