@@ -2,7 +2,8 @@
 """The ``colod`` command: tools for administrators, next to the ``twistd colod`` daemon.
 
 ``colod qemu-args --role secondary --config FILE`` prints the QEMU arguments
-for the configured disks, one ``-blockdev`` per line, shell-quoted.  Exit
+colod needs: the device-model options, then one ``-blockdev`` per configured
+disk part, an option and its value per line, shell-quoted.  Exit
 status: 0 on success, 1 on a configuration error, 2 on a usage error.
 """
 
@@ -22,10 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colod", description="colod administration tools")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     args = commands.add_parser(
-        "qemu-args", help="print the QEMU -blockdev arguments for a domain's replicated disks",
-        description="Print the -blockdev arguments the device model of DOMAIN needs on this role: "
-        "the quorum on the primary; the disk, its overlays, the replication node and the quorum "
-        "on the secondary.")
+        "qemu-args", help="print the QEMU arguments for a domain's device model and replicated disks",
+        description="Print the arguments the device model of DOMAIN needs on this role: options that "
+        "make its device state loadable, then -blockdev "
+        "arguments: the quorum on the primary; the disk, its overlays, the replication node and the "
+        "quorum on the secondary.")
     args.add_argument("--role", required=True, choices=config.ROLES)
     args.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
                       help=f"colod's configuration (default {config.DEFAULT_PATH})")

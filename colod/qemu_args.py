@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.devices.test_qemu_args -*-
-"""The QEMU command-line arguments for a domain's replicated disks, on either side.
+"""The QEMU command-line arguments colod needs on a domain's device model, on either side.
 
 The disks are part of the device model's command line, as Xen starts it;
 colod adds only what changes at run time over QMP (the NBD server and exports
@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from colod.config import ConfigError, DiskConfig, DomainConfig
+from colod.guest.device_model import DEVICE_MODEL_ARGS, DEVICE_MODEL_MACHINE_OPTIONS
 
 # Node names colod makes up start with this, then the disk's index.
 NODE_PREFIX = "colod"
@@ -135,10 +136,19 @@ def secondary_blockdevs(n: DiskNodes) -> list[dict[str, Any]]:
     ]
 
 
+def device_model_args() -> list[str]:
+    """What makes the device state loadable (colod.guest.device_model); QEMU merges ``-machine``.
+
+    Never ``-incoming`` on the secondary: QEMU keeps every block node inactive
+    until an incoming migration ends, and replication cannot start on them.
+    """
+    return ["-machine", DEVICE_MODEL_MACHINE_OPTIONS, *DEVICE_MODEL_ARGS]
+
+
 def qemu_args(domain: DomainConfig, role: str) -> list[str]:
-    """The ``-blockdev`` arguments of ``domain``'s disks for a QEMU on ``role``."""
+    """The device-model options and ``domain``'s disks' ``-blockdev`` arguments for a QEMU on ``role``."""
     build = {"primary": primary_blockdevs, "secondary": secondary_blockdevs}[role]
-    args: list[str] = []
+    args = device_model_args()
     for n in disk_nodes(domain):
         for blockdev in build(n):
             args += ["-blockdev", json.dumps(blockdev, separators=(",", ":"))]

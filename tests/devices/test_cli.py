@@ -35,8 +35,11 @@ class QemuArgsCommandTests(ReplicationTestCase):
         status, out, err = self.run_cli("qemu-args", "--role", "primary", "--config", str(path))
         self.assertEqual((status, err), (0, ""))
         lines = out.splitlines()
-        self.assertEqual([shlex.split(line)[0] for line in lines], ["-blockdev", "-blockdev"])
-        self.assertEqual(json.loads(shlex.split(lines[1])[1]), {
+        self.assertEqual([shlex.split(line) for line in lines[:3]], [
+            ["-machine", "suppress-vmdesc=on"], ["-global", "migration.send-configuration=off"],
+            ["-global", "apic-common.vapic=off"]])
+        self.assertEqual([shlex.split(line)[0] for line in lines[3:]], ["-blockdev", "-blockdev"])
+        self.assertEqual(json.loads(shlex.split(lines[4])[1]), {
             "driver": "quorum", "node-name": "colo-disk0", "vote-threshold": 1, "read-pattern": "fifo",
             "children": ["colod0-disk"]})
 
@@ -48,7 +51,7 @@ class QemuArgsCommandTests(ReplicationTestCase):
         self.assertEqual((done.returncode, done.stderr), (0, ""))
         in_process = self.run_cli("qemu-args", "--role", "secondary", "--config", str(path))
         self.assertEqual(done.stdout, in_process[1])
-        self.assertEqual(len(done.stdout.splitlines()), 10)
+        self.assertEqual(len(done.stdout.splitlines()), 3 + 10)
 
     def test_usage_errors_exit_2(self) -> None:
         path = str(self.write_config("primary", [0]))
@@ -77,7 +80,7 @@ class QemuArgsCommandTests(ReplicationTestCase):
 class QemuArgsTests(unittest.TestCase):
     def test_secondary_chain(self) -> None:
         """The secondary's disk, overlays, replication node and quorum, in that order, all named."""
-        args = qemu_args(domain(1), "secondary")
+        args = qemu_args(domain(1), "secondary")[6:]
         self.assertEqual(args[::2], ["-blockdev"] * 5)
         self.assertEqual([json.loads(a) for a in args[1::2]], [
             {"driver": "raw", "node-name": "ea",
