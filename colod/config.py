@@ -42,6 +42,8 @@ class PeerConfig:
     connect: str | None
     heartbeat_interval: float
     heartbeat_timeout: float
+    # The peer's node_name, checked in the link's handshake; None accepts any.
+    node_name: str | None = None
 
 
 @attrs.frozen
@@ -265,6 +267,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
         connect=peer_table.take("connect", str, None, check=_client_endpoint),
         heartbeat_interval=peer_table.take("heartbeat_interval", float, 0.5, check=_positive),
         heartbeat_timeout=peer_table.take("heartbeat_timeout", float, 3.0, check=_positive),
+        node_name=peer_table.take("node_name", str, None, check=_plain_name),
     )
     if peer.heartbeat_timeout < 2 * peer.heartbeat_interval:
         raise peer_table.fail(

@@ -141,6 +141,11 @@ class QMPConnection:
         self.connect_timeout = connect_timeout
         self.required_commands = frozenset(required_commands)
         self.info: QemuInfo | None = None
+        # Wall-clock seconds during which at least one command awaited QEMU's
+        # answer: how much of a checkpoint's pause QEMU itself took.
+        self.busy_seconds = 0.0
+        self._outstanding = 0
+        self._busy_since = 0.0
         self._client = QMPClient(name)
         # qemu.qmp records every event in its default listener's history for
         # as long as the client lives; a daemon must not.
@@ -240,6 +245,9 @@ class QMPConnection:
                 f"QMP {command} not sent: not connected to QEMU at {self.socket_path}"
                 + (f" ({self._lost_reason})" if self._lost_reason else "")
             )
+        self._outstanding += 1
+        if self._outstanding == 1:
+            self._busy_since = time.perf_counter()
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments, oob=oob), timeout)
         except ExecuteError as e:
@@ -251,6 +259,10 @@ class QMPConnection:
                 f"QMP {command} interrupted: lost the connection to QEMU at {self.socket_path} "
                 f"({type(e).__name__}: {e})"
             ) from None
+        finally:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self.busy_seconds += time.perf_counter() - self._busy_since
 
     def send_fd(self, fd: int, name: str, timeout: float | None = None) -> Deferred[None]:
         """Pass ``fd`` to QEMU under ``name`` (SCM_RIGHTS, then ``getfd``); the caller keeps its copy."""

@@ -3,12 +3,16 @@
 
 A DomainService keeps a QMP connection to its guest's QEMU: it connects at
 start (retrying until the QEMU is there), says what it found, reconnects when
-the connection is lost, and closes it at stop.  The checkpoint engine and the
-peer link hang under this tree as they arrive.
+the connection is lost, and closes it at stop.  Once QEMU is reached the
+first time it builds the domain's checkpoint engine (colod.engine) and its
+peer link: the secondary listens, the primary connects.  At stop the engine
+ends replication as its role must (the primary's guest runs on), then the
+link and QMP close.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -17,10 +21,20 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from colod.config import Config, DomainConfig
+from colod.devices import DeviceGroup
+from colod.engine.core import EngineCore
+from colod.engine.peering import PeerEndpoint
+from colod.engine.primary import PrimaryEngine
+from colod.engine.secondary import SecondaryEngine
+from colod.engine.status import StatusFile
+from colod.guest.device_model import DeviceModelEngine
+from colod.guest.qemu_guest import QemuGuest
 from colod.qmp import QMPCapabilityError, QMPConnection, QMPFailure
 
 # How long to wait before trying again to reach a QEMU that was not reachable.
 RECONNECT_DELAY = 2.0
+# How long ending replication may take at stop (it waits on QMP calls with their own deadlines).
+STOP_DEADLINE = 20.0
 
 
 class DomainService(Service):
@@ -36,6 +50,9 @@ class DomainService(Service):
         self._retry: IDelayedCall | None = None
         self._attempt: Deferred[Any] | None = None
         self.connection: QMPConnection | None = None
+        self.engine: EngineCore | None = None
+        self._guest: QemuGuest | None = None
+        self._peer: PeerEndpoint | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -64,6 +81,35 @@ class DomainService(Service):
         )
         assert self.connection is not None
         self.connection.whenLost().addCallback(self._lost)
+        if self.engine is None:
+            self._protect(self.connection)
+
+    def _protect(self, qmp: QMPConnection) -> None:
+        """Build the domain's engine and its peer link; a failure is logged and protection skipped."""
+        config, domain = self._config, self._domain
+        state_dir = Path(config.state_dir) / domain.name
+        try:
+            device_model = DeviceModelEngine(qmp, state_dir, self._reactor)
+            self._guest = QemuGuest(config.role, device_model, domain.memory_image, self._reactor,
+                                    timeout=config.qmp.command_timeout)
+        except (OSError, ValueError) as e:
+            self.log.error("domain {domain}: cannot use the guest's state ({error}); not protecting it",
+                           domain=domain.name, error=e)
+            return
+        devices = DeviceGroup(domain, config.role, qmp)
+        common = (domain, config.node_name, self._guest, devices, self._reactor, StatusFile(state_dir))
+        if config.role == "primary":
+            self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval, qmp=qmp)
+        else:
+            self.engine = SecondaryEngine(*common)
+        self.engine.publish()
+        self._peer = PeerEndpoint(config, domain, self.engine, self._reactor)
+        self._peer.start().addErrback(self._peer_failed)
+
+    def _peer_failed(self, failure: Any) -> None:
+        self.log.error("domain {domain}: cannot listen for the primary at {where}: {error}; "
+                       "not protecting it", domain=self._domain.name, where=self._config.peer.listen,
+                       error=failure.getErrorMessage())
 
     def _connect_failed(self, failure: Any) -> None:
         self._attempt = None
@@ -85,6 +131,8 @@ class DomainService(Service):
         if not self.running:
             return
         self.log.warn("domain {domain}: {reason}; reconnecting", domain=self._domain.name, reason=reason)
+        if self.engine is not None:
+            self.engine.qemu_lost(str(reason))  # type: ignore[attr-defined]
         self._connect()
 
     @inlineCallbacks
@@ -95,6 +143,16 @@ class DomainService(Service):
         self._retry = None
         if self._attempt is not None:
             self._attempt.cancel()
+        if self.engine is not None:
+            try:
+                yield self.engine.shutdown().addTimeout(STOP_DEADLINE, self._reactor)
+            except Exception as e:  # noqa: BLE001 - stopping goes on; the guest is left as it is
+                self.log.error("domain {domain}: ending replication at stop: {error}",
+                               domain=self._domain.name, error=e)
+        if self._peer is not None:
+            yield self._peer.stop()
+        if self._guest is not None:
+            self._guest.close()
         if self.connection is not None:
             yield self.connection.disconnect()
         self.log.info("domain {domain}: QMP connection closed", domain=self._domain.name)

@@ -7,14 +7,17 @@ On the primary, each checkpoint's device state is saved with
 On the secondary, Xen loads it at every checkpoint with
 ``xen-load-devices-state``.  QEMU cannot survive that: the command always ends
 by unregistering the migration yank instance, and QEMU aborts when it is not
-there (``yank_unregister_instance: Assertion 'entry' failed``, seen on 7.2.22;
-current QEMU sources unregister unconditionally too).  So colod never sends it.
-It keeps the newest device state and loads it once, at failover, as an
-incoming migration from a file descriptor: ``migrate-incoming fd:...`` into a
-QEMU started with ``-incoming defer``.  That registers and unregisters the
-yank instance in pairs, leaves QEMU paused with the state loaded, and ``cont``
-then runs the guest.  An incoming migration can happen once per QEMU process,
-which is exactly once per failover.
+there (``yank_unregister_instance: Assertion 'entry' failed``, seen on 7.2.22,
+even on the first load; current QEMU sources unregister unconditionally too).
+So colod never sends it.  It keeps the newest device state, atomically, and
+at failover loads it the one way that works: as an incoming migration from a
+file descriptor (``migrate-incoming fd:...``), which needs a QEMU started with
+``-incoming defer``.  But such a QEMU keeps every block node inactive until
+the migration ends, so replication cannot start on it: a device model with
+replicated disks cannot have ``-incoming``, and then the state cannot be
+loaded into it at all.  At failover colod therefore loads the state when QEMU
+waits in ``inmigrate``, and otherwise runs the guest on the secondary device
+model's own state, saying so, with the checkpoint's state kept on disk.
 """
 
 from __future__ import annotations
@@ -45,8 +48,13 @@ _POLL_INTERVAL = 0.01
 _FD_NAME = "colod-device-state"
 
 LOAD_POLICY = (
-    "device state is kept and loaded once, at failover, through an incoming migration "
-    "(xen-load-devices-state would abort QEMU on its second use)"
+    "device state is kept at every checkpoint and loaded once, at failover, through an incoming "
+    "migration when QEMU waits with -incoming defer (xen-load-devices-state would abort QEMU)"
+)
+NOT_LOADABLE = (
+    "QEMU is not waiting for an incoming migration (replicated disks rule out -incoming), and "
+    "xen-load-devices-state would abort it: the guest resumes with this device model's own device "
+    "state; the checkpoint's device state is kept in {path}"
 )
 
 
@@ -114,8 +122,16 @@ class DeviceModelEngine:
             raise
 
     def take_over(self) -> Deferred[None]:
-        """Secondary failover: load the newest device state into QEMU, once, and run the guest."""
-        return self.load_staged_state().addCallback(lambda _: self.resume())
+        """Secondary failover: load the newest device state if QEMU can take it, and run the guest."""
+        return Deferred.fromCoroutine(self._take_over())
+
+    async def _take_over(self) -> None:
+        status = (await self._qmp.execute("query-status"))["status"]
+        if status == "inmigrate":
+            await self._load()
+        else:
+            self.log.warn(NOT_LOADABLE, path=self._staged)
+        await self._qmp.execute("cont")
 
     def load_staged_state(self) -> Deferred[None]:
         """Secondary: load the newest device state into QEMU, leaving the guest paused."""

@@ -12,16 +12,29 @@ L{MemoryImageEngine} turns that into real migration-v2 records: PAGE_DATA from
 the primary (its dirty pages plus the ones the secondary reports), and
 CHECKPOINT_DIRTY_PFN_LIST from the secondary, so the whole memory path of the
 protocol runs and the two images can be compared byte for byte.
+
+A third file, the run control (C{path + ".run"}), lets the engine suspend
+whoever plays the guest between two of its operations, as Xen pauses vCPUs at
+an instruction boundary: its one byte asks the guest to pause, and an
+C{flock} on it is held by the guest for each operation and by the engine while
+the guest is suspended (L{RunControl}, L{MemoryImage.guest_turn}).
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import time
 from array import array
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import compress
 from typing import Self
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from colod.protocol import CheckpointDirtyPfnList, PageData, PageType
 from colod.protocol.pagedata import pages_with_data
@@ -37,10 +50,33 @@ _DATA_TYPES = frozenset(PageType) - PAGE_TYPES_WITHOUT_DATA
 #: Page type to 1 if the type carries page data, else 0 (a C{bytes.translate} table).
 _CARRIES_DATA = bytes(t in _DATA_TYPES for t in range(256))
 
+#: The run-control byte: the engine asks the guest to stop before its next operation.
+_PAUSE = b"\x01"
+_RUN = b"\x00"
+#: Seconds between two looks at the other side's run control, on either side.
+POLL_INTERVAL = 0.0002
+
 
 def dirty_map_path(path: str | os.PathLike[str]) -> str:
     """Where the dirty map of the image at C{path} lives."""
     return os.fspath(path) + ".dirty"
+
+
+def run_control_path(path: str | os.PathLike[str]) -> str:
+    """Where the run control of the image at C{path} lives."""
+    return os.fspath(path) + ".run"
+
+
+def _open_run_control(path: str | os.PathLike[str]) -> int:
+    """
+    A new open file description of the run control, created (running) if
+    missing: C{flock} locks belong to open file descriptions, so each opener
+    competes with every other, even within one process.
+    """
+    fd = os.open(run_control_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if os.fstat(fd).st_size == 0:
+        os.ftruncate(fd, len(_RUN))
+    return fd
 
 
 def _runs(pfns: Iterable[int]) -> Iterator[tuple[int, int]]:
@@ -59,9 +95,10 @@ def _runs(pfns: Iterable[int]) -> Iterator[tuple[int, int]]:
 class MemoryImage:
     """One side's guest RAM and its dirty map, shared with any process that opens them."""
 
-    def __init__(self, ram: mmap.mmap, dirty: mmap.mmap) -> None:
+    def __init__(self, ram: mmap.mmap, dirty: mmap.mmap, run_control: int) -> None:
         self._ram = ram
         self._dirty = dirty
+        self._run_control = run_control
         self.pages = len(dirty)
 
     @classmethod
@@ -69,21 +106,44 @@ class MemoryImage:
         """Make a zeroed (sparse) image of C{pages} pages, clean, and open it."""
         if pages <= 0:
             raise ValueError(f"an image needs at least one page, not {pages}")
-        for name, size in ((path, pages * PAGE_SIZE), (dirty_map_path(path), pages)):
+        sizes = ((path, pages * PAGE_SIZE), (dirty_map_path(path), pages), (run_control_path(path), 1))
+        for name, size in sizes:
             with open(name, "wb") as f:
                 f.truncate(size)
         return cls.open(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Self:
-        """Map an existing image; another process may have it open too."""
+        """Map an existing image; another process may have it open too.  A missing run control is made."""
         ram, dirty = _map(path), _map(dirty_map_path(path))
         if len(ram) != len(dirty) * PAGE_SIZE:
             problem = f"{os.fspath(path)}: {len(ram)} bytes of RAM but a dirty map of {len(dirty)} pages"
             ram.close()
             dirty.close()
             raise ValueError(problem)
-        return cls(ram, dirty)
+        return cls(ram, dirty, _open_run_control(path))
+
+    @contextmanager
+    def guest_turn(self) -> Iterator[None]:
+        """
+        Hold the guest's run lock for one operation, once no pause is asked.
+
+        The engine suspends by asking a pause and then taking the lock, so it
+        waits for at most the operation under way.  The pause is checked again
+        under the lock: a guest that was waiting for the lock when the engine
+        asked leaves it to the engine.  The waits have no deadline (a guest is
+        suspended for as long as the engine wants); signals interrupt them.
+        """
+        while True:
+            while os.pread(self._run_control, 1, 0) == _PAUSE:
+                time.sleep(POLL_INTERVAL)
+            fcntl.flock(self._run_control, fcntl.LOCK_EX)
+            try:
+                if os.pread(self._run_control, 1, 0) != _PAUSE:
+                    yield
+                    return
+            finally:
+                fcntl.flock(self._run_control, fcntl.LOCK_UN)
 
     def write(self, pfn: int, data: bytes, offset: int = 0) -> None:
         """Write within one page, as the guest does, then mark the page dirty."""
@@ -149,9 +209,10 @@ class MemoryImage:
                 at += size
 
     def close(self) -> None:
-        """Unmap both files (they stay on disk)."""
+        """Unmap the image and close its run control (the files stay on disk)."""
         self._ram.close()
         self._dirty.close()
+        os.close(self._run_control)
 
     def _check(self, pfn: int) -> None:
         if not 0 <= pfn < self.pages:
@@ -161,6 +222,60 @@ class MemoryImage:
 def _map(path: str | os.PathLike[str]) -> mmap.mmap:
     with open(path, "r+b") as f:
         return mmap.mmap(f.fileno(), 0)
+
+
+class SuspendTimeout(Exception):
+    """The guest kept its run lock past the deadline: one of its operations hangs."""
+
+
+class RunControl:
+    """
+    The engine's side of the run control: suspend and resume whoever plays the
+    guest of the image at C{path}.  Never blocks, so it is safe on the reactor.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd = _open_run_control(path)
+
+    def try_suspend(self) -> bool:
+        """Ask the guest to pause; True once it has (the lock is ours), False while an operation runs."""
+        os.pwrite(self._fd, _PAUSE, 0)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def resume(self) -> None:
+        """Let the guest run again: withdraw the pause, then release the lock it waits on."""
+        os.pwrite(self._fd, _RUN, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def suspend(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
+        """
+        Poll L{try_suspend} on C{clock} until it succeeds.
+
+        @raise SuspendTimeout: still running after C{timeout} seconds; the
+            pause is withdrawn, so the guest runs on as if never asked.
+        """
+
+        async def poll() -> None:
+            deadline = clock.seconds() + timeout
+            while not self.try_suspend():
+                if clock.seconds() >= deadline:
+                    os.pwrite(self._fd, _RUN, 0)
+                    raise SuspendTimeout(
+                        f"the guest of {self.path} did not stop within {timeout:g} s: "
+                        "an operation of its still holds the run lock"
+                    )
+                await deferLater(clock, POLL_INTERVAL, lambda: None)
+
+        return Deferred.fromCoroutine(poll())
+
+    def close(self) -> None:
+        """Close the run control; a suspended guest is released (the lock goes with the file)."""
+        os.close(self._fd)
 
 
 class MemoryImageEngine:

@@ -70,15 +70,31 @@ class DeviceModelTests(QemuTestCase):
         self.assertEqual(await self.registers(s), expected)
 
     @async_test
-    async def test_second_take_over_is_refused(self) -> None:
+    async def test_second_load_is_refused(self) -> None:
         """A second load in the same QEMU is refused by colod, and QEMU lives on."""
         secondary, _, _, primary_dm, secondary_dm = await self.pair()
         await primary_dm.suspend()
         secondary_dm.stage_device_state(await primary_dm.save_device_state())
-        await secondary_dm.take_over()
+        await secondary_dm.load_staged_state()
         with self.assertRaises(DeviceStateError) as caught:
-            await secondary_dm.take_over()
+            await secondary_dm.load_staged_state()
         self.assertIn("already loaded into this QEMU", str(caught.exception))
+        self.assertTrue(secondary.running())
+
+    @async_test
+    async def test_take_over_without_incoming_keeps_the_state(self) -> None:
+        """A device model without -incoming (replicated disks) cannot load: it runs its own state."""
+        primary = self.start_qemu("primary", DEVICE_MODEL_ARGS, machine=MACHINE)
+        secondary = self.start_qemu("secondary", DEVICE_MODEL_ARGS, machine=MACHINE)
+        p, s = await self.qmp(primary), await self.qmp(secondary)
+        primary_dm = DeviceModelEngine(p, self.workdir / "p-state", reactor)
+        secondary_dm = DeviceModelEngine(s, self.workdir / "s-state", reactor)
+        await primary_dm.suspend()
+        state = await primary_dm.save_device_state()
+        secondary_dm.stage_device_state(state)
+        await secondary_dm.take_over()
+        self.assertEqual((await s.execute("query-status"))["status"], "running")
+        self.assertEqual(secondary_dm.staged_state.read_bytes(), state)
         self.assertTrue(secondary.running())
 
     @async_test
@@ -96,7 +112,7 @@ class DeviceModelTests(QemuTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         await self.pair()
         self.assertEqual(len(seen), 2)
-        self.assertRegex(seen[0], r"^QEMU 7\.2\.\d+ .*: device state is kept and loaded once, at failover")
+        self.assertRegex(seen[0], r"^QEMU 7\.2\.\d+ .*: device state is kept at every checkpoint and loaded once, at failover")
 
     @async_test
     async def test_take_over_without_state(self) -> None:

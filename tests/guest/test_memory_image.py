@@ -1,17 +1,31 @@
-"""MemoryImage and MemoryImageEngine: dirty tracking across processes, and the memory path end to end."""
+"""MemoryImage and MemoryImageEngine: dirty tracking across processes, and the memory path end to end;
+RunControl: suspending a guest process between its operations."""
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.process
 import tempfile
+import time
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.task import Clock
 
-from colod.guest.memory_image import BATCH_SIZE, MemoryImage, MemoryImageEngine, dirty_map_path
+from colod.guest.memory_image import (
+    BATCH_SIZE,
+    MemoryImage,
+    MemoryImageEngine,
+    RunControl,
+    SuspendTimeout,
+    dirty_map_path,
+    run_control_path,
+)
 from colod.protocol import (
     Channel,
     Checkpoint,
@@ -28,6 +42,7 @@ from colod.protocol import (
 )
 from colod.protocol.wire import PAGE_SIZE
 from tests.protocol.streams import drain, hvm_end_of_checkpoint, hvm_prologue
+from tests.rig import ScratchTestCase, async_test, sleep
 
 _SETTINGS = settings(
     max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -77,6 +92,7 @@ def test_write_read_and_take_dirty(tmp_path: Path) -> None:
     assert image.pages == 8
     assert (tmp_path / "ram").stat().st_size == 8 * PAGE_SIZE
     assert Path(dirty_map_path(tmp_path / "ram")).stat().st_size == 8
+    assert Path(run_control_path(tmp_path / "ram")).read_bytes() == b"\0"
     image.write(5, b"abc", offset=10)
     image.write(2, b"\xff" * PAGE_SIZE)
     assert image.read(5) == bytes(10) + b"abc" + bytes(PAGE_SIZE - 13)
@@ -115,6 +131,14 @@ def test_open_checks_the_dirty_map(tmp_path: Path) -> None:
     Path(dirty_map_path(tmp_path / "ram")).write_bytes(bytes(3))
     with pytest.raises(ValueError, match="16384 bytes of RAM but a dirty map of 3 pages"):
         MemoryImage.open(tmp_path / "ram")
+
+
+def test_open_makes_a_missing_run_control(tmp_path: Path) -> None:
+    """Images made before the run control existed still open, and run."""
+    MemoryImage.create(tmp_path / "ram", 4).close()
+    Path(run_control_path(tmp_path / "ram")).unlink()
+    MemoryImage.open(tmp_path / "ram").close()
+    assert Path(run_control_path(tmp_path / "ram")).read_bytes() == b"\0"
 
 
 def _guest(path: str, writes: list[Write]) -> None:
@@ -258,3 +282,87 @@ def test_the_records_travel_as_a_real_colo_stream(rounds: list[tuple[list[Write]
             back.carry([ready, resumed])
             assert pair.equal()
         pair.close()
+
+
+def _paired_guest(path: str) -> None:
+    """Forever: op k writes k to page 1, pauses, then writes k to page 2; a whole op leaves them equal."""
+    image = MemoryImage.open(path)
+    k = 0
+    while True:
+        k += 1
+        with image.guest_turn():
+            image.write(1, k.to_bytes(8, "little"))
+            time.sleep(0.001)
+            image.write(2, k.to_bytes(8, "little"))
+
+
+def _stuck_guest(path: str) -> None:
+    """An op that never ends: marks page 1, then keeps the run lock."""
+    image = MemoryImage.open(path)
+    with image.guest_turn():
+        image.write(1, b"stuck")
+        time.sleep(120)
+
+
+class RunControlTests(ScratchTestCase):
+    """RunControl on the reactor against guest processes using guest_turn."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.path = self.workdir / "ram"
+        self.image = MemoryImage.create(self.path, 4)
+        self.addCleanup(self.image.close)
+        self.control = RunControl(self.path)
+        self.addCleanup(self.control.close)
+
+    def spawn(self, target: Callable[[str], None]) -> multiprocessing.process.BaseProcess:
+        guest = multiprocessing.get_context("spawn").Process(target=target, args=(str(self.path),))
+        guest.start()
+        self.addCleanup(guest.join, 10)
+        self.addCleanup(guest.kill)
+        return guest
+
+    async def page_changes(self, pfn: int, old: bytes) -> bytes:
+        """Page C{pfn} once it differs from C{old}."""
+        deadline = time.monotonic() + 30
+        while (page := self.image.read(pfn)) == old:
+            self.assertLess(time.monotonic(), deadline, f"page {pfn} did not change within 30 s")
+            await sleep(0.005)
+        return page
+
+    @async_test
+    async def test_a_suspended_guest_is_between_operations_and_still(self) -> None:
+        self.spawn(_paired_guest)
+        page = await self.page_changes(1, bytes(PAGE_SIZE))
+        for _ in range(20):
+            await self.control.suspend(reactor, 5)
+            self.assertEqual(self.image.read(1), self.image.read(2))  # no op half-done
+            page = self.image.read(1)
+            self.control.resume()
+            page = await self.page_changes(1, page)
+        await self.control.suspend(reactor, 5)
+        still = self.path.read_bytes()
+        await sleep(0.2)
+        self.assertEqual(self.path.read_bytes(), still)
+        self.control.resume()
+        await self.page_changes(1, self.image.read(1))
+
+    def test_suspend_without_a_guest_is_immediate(self) -> None:
+        """No process plays the guest (an opened image is no player): the first try succeeds."""
+        self.successResultOf(self.control.suspend(Clock(), 1))
+        self.assertTrue(self.control.try_suspend())  # again, while suspended
+        self.control.resume()
+        self.assertEqual(Path(run_control_path(self.path)).read_bytes(), b"\0")
+
+    @async_test
+    async def test_a_stuck_guest_times_out_and_a_killed_one_lets_go(self) -> None:
+        guest = self.spawn(_stuck_guest)
+        await self.page_changes(1, bytes(PAGE_SIZE))
+        error = await self.assertFailure(self.control.suspend(reactor, 0.2), SuspendTimeout)
+        self.assertEqual(str(error), f"the guest of {self.path} did not stop within 0.2 s: "
+                                     "an operation of its still holds the run lock")
+        self.assertEqual(Path(run_control_path(self.path)).read_bytes(), b"\0")  # pause withdrawn
+        guest.kill()
+        guest.join(10)
+        self.assertEqual(guest.exitcode, -9)
+        self.assertTrue(self.control.try_suspend())  # the kernel dropped the dead guest's flock

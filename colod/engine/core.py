@@ -1,0 +1,235 @@
+# -*- test-case-name: tests.engine.test_engines -*-
+"""What the primary's and the secondary's engines share.
+
+Each engine is an automat state machine whose states and inputs are the
+protocol steps of xen-colo-protocol.md §3.4.  Around the machine sit three
+things that keep it honest:
+
+- the *inbox*: records from the peer wait there while a local step (a QMP
+  call, sending a checkpoint) is under way, exactly as Xen leaves them unread
+  in its socket, and are fed to the machine once it is ready to read; a record
+  the machine has no transition for is a protocol error that names the record
+  and the step, and ends replication cleanly;
+- the *step runner*: one local step at a time, each completion fed back as the
+  step's input.  Losing the peer starts a new *epoch*: a step of the old epoch
+  still finishes its work (QEMU cannot be interrupted mid-command, and a
+  checkpoint whose end has arrived is applied whole) but its completion is
+  no longer fed to the machine, and the next step waits for it;
+- the status file and the log, written on every change of state that matters.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from automat import NoTransition
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from colod.config import DomainConfig
+from colod.devices import DeviceGroup
+from colod.engine.status import PauseStats, StatusFile
+from colod.guest.interfaces import IGuestEngine
+from colod.protocol import (
+    HandshakeError,
+    LocalEndedReplication,
+    PeerEndedReplication,
+    Record,
+    ReplicationEndReason,
+    StreamError,
+    type_name,
+)
+from colod.protocol.peer import IPeerLinkObserver, PeerLink
+
+
+class ProtocolViolation(Exception):
+    """The peer sent a record the protocol does not allow at this step."""
+
+
+def describe(reason: Failure) -> str:
+    """One line for why a link ended, naming protocol errors as such."""
+    error = reason.value
+    if isinstance(error, StreamError | HandshakeError | ProtocolViolation):
+        return f"protocol error: {error}"
+    if isinstance(error, ConnectionDone):
+        return "the peer closed the link"
+    if isinstance(error, ConnectionLost):
+        return "the link to the peer broke"
+    return str(error) or type(error).__name__
+
+
+def record_name(record: Record) -> str:
+    """A record as the protocol names it (CHECKPOINT_STATE with its id)."""
+    name = type_name(type(record))
+    state_id = getattr(record, "id", None)
+    return f"{name}({state_id.name})" if state_id is not None else name
+
+
+@implementer(IPeerLinkObserver)
+class EngineCore:
+    """The link, inbox, step runner and status of one domain's engine; subclasses add the machine."""
+
+    log = Logger()
+    role: str
+
+    def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
+                 clock: IReactorTime, status: StatusFile) -> None:
+        self.domain = domain
+        self.node = node
+        self.guest = guest
+        self.devices = devices
+        self.clock = clock
+        self.status_file = status
+        self.state = "starting"
+        self.checkpoints = 0
+        self.error: str | None = None
+        self.pauses = PauseStats()
+        self.link: PeerLink | None = None
+        self._inbox: deque[Record] = deque()
+        self._busy = False
+        self._epoch = 0
+        self._tail: Deferred[None] = succeed(None)
+        self.setTrace(self._traced)  # type: ignore[attr-defined]
+
+    # -- the machine's surroundings ------------------------------------------
+
+    def _traced(self, old: str, event: str, new: str) -> None:
+        if new != old:
+            self.log.debug("domain {domain}: {old} --{event}--> {new}",
+                           domain=self.domain.name, old=old, event=event, new=new)
+        self.state = new
+
+    def run_step(self, step: Callable[[], Deferred[Any]], done: Callable[[], None]) -> None:
+        """Run ``step`` after any step under way; feed ``done`` (or step_failed) when it ends."""
+        epoch = self._epoch
+
+        def start(_: object) -> Deferred[Any]:
+            self._busy = True
+            return maybeDeferred(step).addCallbacks(finished, failed)
+
+        def finished(_: object) -> None:
+            self._feed(epoch, done)
+
+        def failed(failure: Failure) -> None:
+            if epoch != self._epoch:
+                self.log.warn("domain {domain}: a step cut short by the peer's loss failed too: {why}",
+                              domain=self.domain.name, why=failure.getErrorMessage())
+            self._feed(epoch, lambda: self.step_failed(failure))  # type: ignore[attr-defined]
+
+        self._tail.addCallback(start)
+
+    def _feed(self, epoch: int, done: Callable[[], None]) -> None:
+        """A step ended: feed its input (if its epoch still counts), then any waiting records."""
+        self._busy = False
+        try:
+            if epoch == self._epoch:
+                done()
+            self.deliver()
+        except Exception:  # noqa: BLE001 - the step chain must go on whatever the machine did
+            self.log.failure("domain {domain}: engine error after a step", domain=self.domain.name)
+
+    def shutdown(self) -> Deferred[None]:
+        """colod is stopping: end replication as this side must; fires once no step is left."""
+        try:
+            self.stop()  # type: ignore[attr-defined]
+        except NoTransition:
+            pass  # already stopping or stopped
+        d: Deferred[None] = Deferred()
+        self._tail.addCallback(lambda _: d.callback(None))
+        return d
+
+    def new_epoch(self) -> None:
+        """The peer is gone: what its records and our steps for it would have led to no longer counts."""
+        self._epoch += 1
+        self._inbox.clear()
+
+    def deliver(self) -> None:
+        """Feed waiting records to the machine while no local step is under way."""
+        while self._inbox and not self._busy and self.link is not None:
+            record = self._inbox.popleft()
+            try:
+                known = self.record_input(record)
+            except NoTransition:
+                known = False
+            if not known:
+                self.violation(f"{record_name(record)} is not allowed while {self.state.replace('_', ' ')}")
+                return
+
+    def record_input(self, record: Record) -> bool:
+        """Feed one record to the machine as its input; False (or NoTransition) if none fits."""
+        raise NotImplementedError
+
+    def violation(self, reason: str) -> None:
+        """The peer broke the protocol: tell it, close the link, and end replication."""
+        link, self.link = self.link, None
+        if link is not None:
+            link.end(ReplicationEndReason.PROTOCOL_ERROR, reason)
+        self.lost(Failure(ProtocolViolation(reason)))
+
+    def publish(self, **extra: Any) -> None:
+        """Write the status file from the engine's current state."""
+        p50, p99 = self.pauses.percentile(50), self.pauses.percentile(99)
+        last = self.pauses.recent[-1].seconds if self.pauses.recent else None
+        self.status_file.write({
+            "domain": self.domain.name, "node": self.node, "role": self.role, "state": self.state,
+            "protected": self.is_protected, "checkpoints": self.checkpoints,
+            "last_pause_ms": _ms(last), "pause_p50_ms": _ms(p50), "pause_p99_ms": _ms(p99),
+            "failed_over": False, "error": self.error, "guest": self.guest.description, **extra,
+        })
+
+    @property
+    def is_protected(self) -> bool:
+        raise NotImplementedError
+
+    # -- IPeerLinkObserver -----------------------------------------------------
+
+    def linkReady(self, link: PeerLink, peer: Any) -> None:
+        if self.link is not None:
+            self.log.warn("domain {domain}: refusing a second link from {peer} while one is open",
+                          domain=self.domain.name, peer=peer.node)
+            link.close()
+            return
+        try:
+            self.link = link
+            self.link_ready()  # type: ignore[attr-defined]
+        except NoTransition:
+            self.link = None
+            self.log.warn("domain {domain}: refusing a link from {peer}: {state}",
+                          domain=self.domain.name, peer=peer.node, state=self.state.replace("_", " "))
+            link.close()
+            return
+        self.log.info("domain {domain}: linked with {role} {peer}",
+                      domain=self.domain.name, role=peer.role.value, peer=peer.node)
+
+    def recordReceived(self, link: PeerLink, record: Record) -> None:
+        if link is self.link:
+            self._inbox.append(record)
+            self.deliver()
+
+    def peerSilent(self, link: PeerLink, seconds: float) -> None:
+        if link is self.link:
+            self.link = None
+            link.close()
+            self.lost(Failure(ConnectionError(f"nothing heard from the peer for {seconds:.1f} s")))
+
+    def linkLost(self, link: PeerLink, reason: Failure) -> None:
+        if link is self.link:
+            self.link = None
+            self.lost(reason)
+        elif self.link is None and not reason.check(PeerEndedReplication, LocalEndedReplication):
+            self.log.info("domain {domain}: a peer link closed before it was ready: {why}",
+                          domain=self.domain.name, why=describe(reason))
+
+    def lost(self, reason: Failure) -> None:
+        """The peer is gone, or ended replication, or broke the protocol: the side's own response."""
+        raise NotImplementedError
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
