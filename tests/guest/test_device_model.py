@@ -112,7 +112,8 @@ class DeviceModelTests(QemuTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         await self.pair()
         self.assertEqual(len(seen), 2)
-        self.assertRegex(seen[0], r"^QEMU 7\.2\.\d+ .*: device state is kept at every checkpoint and loaded once, at failover")
+        self.assertRegex(seen[0], r"^QEMU 7\.2\.\d+ .*: device state is kept at every checkpoint "
+                                  r"and loaded once, at failover")
 
     @async_test
     async def test_take_over_without_state(self) -> None:
