@@ -45,7 +45,13 @@ class Options(usage.Options):
         """
         try:
             use_asyncio_reactor()
-            self["loaded"] = configuration.load(self["config"], self["role"])
+            loaded = configuration.load(self["config"], self["role"])
+            if len(loaded.domains) > 1:
+                # One link and one NBD port per domain, but one peer.listen: not yet.
+                raise configuration.ConfigError(
+                    f"{loaded.path}: domain: this version of colod protects one domain per daemon "
+                    f"(got {len(loaded.domains)}); run one colod per domain")
+            self["loaded"] = loaded
         except (WrongReactor, configuration.ConfigError) as e:
             print(f"colod: {e}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -99,6 +99,14 @@ BAD = [
      "('/dev/shm/a.qcow2')"),
     ("secondary_without_listen", edited('listen = "tcp:9000:interface=127.0.0.1"\n', ""), [],
      "peer.listen: missing required key for role 'secondary' (the secondary listens for the primary)"),
+    ("two_domains", GOOD + GOOD[GOOD.index("[[domain]]"):].replace("guest1", "guest2").replace(
+        "8889", "8890").replace("colo-disk0", "colo-disk1").replace("/dev/shm/", "/dev/shm/2"), [],
+     "domain: this version of colod protects one domain per daemon (got 2); run one colod per domain"),
+    ("bad_peer_node_name", edited("[peer]\n", '[peer]\nnode_name = "dom0 a"\n'), [],
+     "peer.node_name: must be letters, digits, '-', '_' or '.', starting with a letter or digit, "
+     "at most 64 characters (got 'dom0 a')"),
+    ("memory_image_relative", edited("nbd_port = 8889", 'nbd_port = 8889\nmemory_image = "ram.img"'), [],
+     "domain[0].memory_image: must be an absolute path (got 'ram.img')"),
     ("role_override_needs_connect", edited('connect = "tcp:host=127.0.0.1:port=9000"\n', ""),
      ["--role", "primary"],
      "peer.connect: missing required key for role 'primary' (the primary connects to the secondary)"),
@@ -120,7 +128,7 @@ class ExampleConfigTests(ScratchTestCase):
             control_socket="/run/colod/control.sock", checkpoint_interval=5.0,
             peer=config.PeerConfig(
                 listen="tcp:9000:interface=0.0.0.0", connect="tcp:host=192.0.2.10:port=9000:timeout=5",
-                heartbeat_interval=0.5, heartbeat_timeout=3.0,
+                heartbeat_interval=0.5, heartbeat_timeout=3.0, node_name="dom0-a",
             ),
             qmp=config.QMPConfig(command_timeout=5.0, connect_timeout=10.0),
             domains=(config.DomainConfig(

@@ -7,7 +7,8 @@ that carries both channels over one TCP connection.  See docs/protocol.md.
 
 from .decoder import CLOSED, NEED_DATA, Decoder, Frame
 from .encoder import Encoder
-from .errors import StreamError
+from .errors import LocalEndedReplication, PeerEndedReplication, ReplicationEnded, StreamError
+from .handshake import HandshakeError
 from .records import (
     Buffer,
     Checkpoint,
@@ -26,6 +27,7 @@ from .records import (
     LibxcEnd,
     PageData,
     Record,
+    ReplicationEnd,
     SharedInfo,
     SkippedRecord,
     StaticDataEnd,
@@ -41,17 +43,19 @@ from .records import (
     X86PvVcpuXsave,
     X86TscInfo,
     record_name,
+    type_name,
 )
 from .state import Channel
-from .wire import CheckpointId, EmulatorId, GuestType, Namespace, PageType
+from .wire import CheckpointId, EmulatorId, GuestType, Namespace, PageType, ReplicationEndReason
 
 __all__ = [
-    "CLOSED", "NEED_DATA", "Buffer", "Channel", "Checkpoint", "CheckpointDirtyPfnList",
-    "CheckpointEnd", "CheckpointId", "CheckpointState", "Decoder", "DomainHeader", "EmulatorContext",
-    "EmulatorId", "EmulatorXenstoreData", "Encoder", "End", "Frame", "GuestType", "Heartbeat",
-    "HvmContext", "HvmParams", "ImageHeader", "LibxcContext", "LibxcEnd", "Namespace", "PageData",
-    "PageType", "Record", "SharedInfo", "SkippedRecord", "StaticDataEnd", "StreamError",
-    "StreamHeader", "Verify", "X86CpuidPolicy", "X86MsrPolicy", "X86PvInfo", "X86PvP2mFrames",
-    "X86PvVcpuBasic", "X86PvVcpuExtended", "X86PvVcpuMsrs", "X86PvVcpuXsave", "X86TscInfo",
-    "record_name",
+    "CLOSED", "NEED_DATA", "Buffer", "Channel", "Checkpoint", "CheckpointDirtyPfnList", "CheckpointEnd",
+    "CheckpointId", "CheckpointState", "Decoder", "DomainHeader", "EmulatorContext", "EmulatorId",
+    "EmulatorXenstoreData", "Encoder", "End", "Frame", "GuestType", "HandshakeError", "Heartbeat",
+    "HvmContext", "HvmParams", "ImageHeader", "LibxcContext", "LibxcEnd", "LocalEndedReplication",
+    "Namespace", "PageData", "PageType", "PeerEndedReplication", "Record", "ReplicationEnd",
+    "ReplicationEndReason", "ReplicationEnded", "SharedInfo", "SkippedRecord", "StaticDataEnd",
+    "StreamError", "StreamHeader", "Verify", "X86CpuidPolicy", "X86MsrPolicy", "X86PvInfo",
+    "X86PvP2mFrames", "X86PvVcpuBasic", "X86PvVcpuExtended", "X86PvVcpuMsrs", "X86PvVcpuXsave",
+    "X86TscInfo", "record_name", "type_name",
 ]

@@ -34,7 +34,7 @@ from .readers import (
     read_stream_header,
 )
 from .records import DomainHeader, ImageHeader, Record, SkippedRecord, StreamHeader
-from .state import CLEAN_EOF, HEADER_STATES, NAMESPACE, Channel, State, Tracker, expected
+from .state import CLEAN_EOF, FINAL, HEADER_STATES, NAMESPACE, Channel, State, Tracker, expected
 from .wire import (
     DOMAIN_HEADER,
     IMAGE_HEADER,
@@ -164,8 +164,9 @@ class Decoder:
 
     def _next_framed(self) -> Record | None:
         if self._pending is None:
-            if self._position.state is State.DONE and self._buffered:
-                raise StreamError(self._offset, f"data after the end of the stream ({self._buffered} bytes)")
+            state = self._position.state
+            if state in FINAL and self._buffered:
+                raise StreamError(self._offset, f"data {state.value} ({self._buffered} bytes)")
             offset = self._offset
             header = self._take(RECORD_HEADER.size)
             if header is None:
@@ -175,7 +176,7 @@ class Decoder:
                 raise StreamError(
                     offset + 4, f"record type {rtype:#x} claims {length} bytes, over the 128 MiB limit"
                 )
-            namespace = NAMESPACE[self._position.state]
+            namespace = NAMESPACE[state]
             self._pending = _Pending(offset, namespace, rtype, length, length + padding(length))
         pending = self._pending
         raw = self._collect(pending)

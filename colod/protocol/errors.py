@@ -1,7 +1,15 @@
-# -*- test-case-name: tests.protocol.test_decoder -*-
-"""The codec's single error type, so callers catch one thing and always learn where."""
+# -*- test-case-name: tests.protocol.test_decoder,tests.protocol.test_peer -*-
+"""
+The codec's single error type, so callers catch one thing and always learn
+where; and the two ways a peer link ends on purpose, kept apart from any
+failure so that the engine can tell a deliberate end from a crash.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from .wire import ReplicationEndReason
 
 
 class StreamError(Exception):
@@ -20,3 +28,36 @@ class StreamError(Exception):
 
     def __str__(self) -> str:
         return f"offset {self.offset}: {self.reason}"
+
+
+class ReplicationEnded(Exception):
+    """
+    Replication was ended on purpose with COLOD_REPLICATION_END, not lost.
+
+    @ivar reason: the sender's reason code.
+    @ivar text: the sender's explanation, for the operator.
+    """
+
+    #: Who ended it, for the message.
+    WHO: ClassVar[str]
+
+    def __init__(self, reason: ReplicationEndReason, text: str) -> None:
+        super().__init__(reason, text)
+        self.reason = reason
+        self.text = text
+
+    def __str__(self) -> str:
+        said = f": {self.text}" if self.text else ""
+        return f"{self.WHO} ended replication: {self.reason.name.lower().replace('_', ' ')}{said}"
+
+
+class PeerEndedReplication(ReplicationEnded):
+    """The peer sent COLOD_REPLICATION_END; after SHUTDOWN, do not take over."""
+
+    WHO = "the peer"
+
+
+class LocalEndedReplication(ReplicationEnded):
+    """This side ended replication (L{colod.protocol.peer.PeerLink.end})."""
+
+    WHO = "this colod"

@@ -126,9 +126,10 @@ class Hello:
         return cls(role=_CODE_ROLES[code], domain=domain, node=node), size
 
 
-def check_peer(local: Hello, peer_node: str, peer: Hello) -> None:
+def check_peer(local: Hello, peer_node: str | None, peer: Hello) -> None:
     """
-    Accept C{peer}'s hello for a link from C{local} to the node C{peer_node}.
+    Accept C{peer}'s hello for a link from C{local} to the node C{peer_node}
+    (None: any node).
 
     @raise HandshakeError: a subclass naming the mismatch.
     """
@@ -136,5 +137,5 @@ def check_peer(local: Hello, peer_node: str, peer: Hello) -> None:
         raise RoleMismatch(f"both ends are {local.role.value}")
     if peer.domain != local.domain:
         raise DomainMismatch(f"peer protects domain {peer.domain!r}, this side {local.domain!r}")
-    if peer.node != peer_node:
+    if peer_node is not None and peer.node != peer_node:
         raise PeerMismatch(f"peer is node {peer.node!r}, expected {peer_node!r}")

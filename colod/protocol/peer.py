@@ -9,7 +9,8 @@ primary the back channel.  Each direction starts with a hello
 (L{colod.protocol.handshake}); then the primary's link writes the libxl
 stream header itself, so that heartbeats are legal from the first moment.
 After that each direction is nothing but its Xen stream, with colod
-HEARTBEAT records (optional type, bit 31 set) between records.
+HEARTBEAT records (optional type, bit 31 set) between records, and perhaps a
+last COLOD_REPLICATION_END (L{PeerLink.end}) when a side stops on purpose.
 
 The link is a thin adapter: bytes go through a L{Decoder} and L{Encoder};
 the observer (the checkpoint engine) gets typed records and four events.
@@ -26,10 +27,11 @@ from zope.interface import Interface
 
 from .decoder import CLOSED, NEED_DATA, Decoder
 from .encoder import Encoder
-from .errors import StreamError
+from .errors import LocalEndedReplication, PeerEndedReplication, StreamError
 from .handshake import HandshakeError, HandshakeTimeout, Hello, Role, check_peer
-from .records import Heartbeat, Record, SkippedRecord, StreamHeader
+from .records import Heartbeat, Record, ReplicationEnd, SkippedRecord, StreamHeader
 from .state import Channel
+from .wire import ReplicationEndReason
 
 #: Seconds between heartbeats in each direction.
 HEARTBEAT_INTERVAL = 1.0
@@ -68,16 +70,25 @@ class IPeerLinkObserver(Interface):
         """The handshake succeeded; C{link.sendRecord} may be used from now on."""
 
     def recordReceived(link: PeerLink, record: Record) -> None:
-        """A record of the peer's stream (heartbeats and skipped records are not passed on)."""
+        """
+        A record of the peer's stream (heartbeats, skipped records and
+        COLOD_REPLICATION_END are not passed on).
+        """
 
     def peerSilent(link: PeerLink, seconds: float) -> None:
         """Nothing arrived for C{seconds}; repeated every silence timeout while it lasts."""
 
     def linkLost(link: PeerLink, reason: Failure) -> None:
         """
-        The link is gone, once per link: C{reason} wraps a L{HandshakeError},
-        a L{StreamError} (the peer's stream was malformed or truncated), or
-        the connection's own reason for a clean or abrupt close.
+        The link is gone, once per link.  C{reason} wraps:
+
+          - L{PeerEndedReplication}: the peer ended replication on purpose
+            (after SHUTDOWN its guest runs on: do not take over);
+          - L{LocalEndedReplication}: this side called L{PeerLink.end};
+          - a L{HandshakeError};
+          - a L{StreamError}: the peer's stream was malformed or truncated;
+          - or the connection's own reason for a clean or abrupt close,
+            which cannot tell a peer that stopped from one that died.
         """
 
 
@@ -87,7 +98,7 @@ class PeerLink(Protocol):
     def __init__(
         self,
         local: Hello,
-        peer_node: str,
+        peer_node: str | None,
         observer: IPeerLinkObserver,
         clock: IReactorTime,
         timing: LinkTiming = LinkTiming(),
@@ -101,7 +112,9 @@ class PeerLink(Protocol):
         self._decoder = Decoder(_RECEIVES[local.role])
         self._hello = b""
         self._open = False
+        #: Why the link ends, once decided (or once lost): later bytes are ignored.
         self._failure: Failure | None = None
+        #: The handshake's deadline, then the peer's to close after L{end}.
         self._deadline: IDelayedCall | None = None
         self._silence: IDelayedCall | None = None
         self._last_heard = 0.0
@@ -128,8 +141,13 @@ class PeerLink(Protocol):
             if data:  # b"" would tell the decoder the stream ended
                 self._decoder.receive_data(data)
             self._drain()
-        except (HandshakeError, StreamError) as error:
+        except HandshakeError as error:
             self._fail(error)
+        except StreamError as error:
+            # Say why: a peer that only saw the connection close would take
+            # this side for dead, and a secondary would take over the guest.
+            said = ReplicationEnd(ReplicationEndReason.PROTOCOL_ERROR, f"your stream, {error}")
+            self._finish(said, error)
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopTimers()
@@ -143,7 +161,8 @@ class PeerLink(Protocol):
                 except StreamError as error:
                     reason = Failure(error)
         self._open = False
-        self._observer.linkLost(self, self._failure or reason)
+        self._failure = self._failure or reason
+        self._observer.linkLost(self, self._failure)
 
     # --- API for the checkpoint engine --------------------------------------
 
@@ -163,6 +182,29 @@ class PeerLink(Protocol):
     def close(self) -> None:
         """Close the link; L{IPeerLinkObserver.linkLost} follows."""
         self.transport.loseConnection()
+
+    def end(self, reason: ReplicationEndReason, text: str) -> None:
+        """
+        End replication on purpose, so that the peer can tell it from a crash:
+        send COLOD_REPLICATION_END, then close.  L{IPeerLinkObserver.linkLost}
+        follows with L{LocalEndedReplication}; nothing more is received or
+        sent.  Does nothing once the link is ending or lost.
+
+        Closing only the sending side and waiting for the peer to close (it
+        does so on reading the record; a silence timeout at most) keeps the
+        record from being destroyed by a TCP reset, which a full close sends
+        if bytes from the peer are still unread.
+
+        Before the handshake, and between LIBXC_CONTEXT and the libxc domain
+        header, the record cannot be sent and the link just closes; the
+        latter happens only before the first checkpoint, when the secondary
+        has no guest to run anyway.
+
+        @raise StreamError: C{text} is not encodable; the link stays as it was.
+        """
+        if self._failure is not None:
+            return
+        self._finish(ReplicationEnd(reason, text), LocalEndedReplication(reason, text))
 
     # --- internals ------------------------------------------------------------
 
@@ -188,7 +230,9 @@ class PeerLink(Protocol):
             record = self._decoder.next_record()
             if record is NEED_DATA or record is CLOSED:
                 return
-            if not isinstance(record, (Heartbeat, SkippedRecord)):
+            if isinstance(record, ReplicationEnd):
+                self._fail(PeerEndedReplication(record.reason, record.text))
+            elif not isinstance(record, (Heartbeat, SkippedRecord)):
                 self._observer.recordReceived(self, record)
 
     def _heard(self) -> None:
@@ -211,10 +255,26 @@ class PeerLink(Protocol):
         self._fail(HandshakeTimeout(f"no hello from the peer within {self._timing.handshake_timeout} s"))
 
     def _fail(self, error: Exception) -> None:
+        self._stop(error)
+        self.transport.loseConnection()
+
+    def _finish(self, record: ReplicationEnd, why: Exception) -> None:
+        """Send C{record} as this side's last word, then close once the peer has read it (see L{end})."""
+        sendable = self._open and self._encoder.can_send(record)
+        chunks = self._encoder.send_buffers(record) if sendable else None
+        self._stop(why)
+        if chunks is None:
+            self.transport.loseConnection()
+            return
+        self.transport.writeSequence(chunks)
+        self.transport.loseWriteConnection()
+        self._deadline = self._clock.callLater(self._timing.silence_timeout, self.transport.abortConnection)
+
+    def _stop(self, error: Exception) -> None:
+        """Decide that the link ends because of C{error}; closing is the caller's part."""
         self._failure = Failure(error)
         self._open = False
         self._stopTimers()
-        self.transport.loseConnection()
 
     def _stopTimers(self) -> None:
         for call in (self._deadline, self._silence):
@@ -229,7 +289,7 @@ class PeerLinkFactory(Factory):
     """Builds a L{PeerLink} per connection, all reporting to one observer."""
 
     local: Hello
-    peer_node: str
+    peer_node: str | None
     observer: IPeerLinkObserver
     clock: IReactorTime
     timing: LinkTiming = LinkTiming()

@@ -35,6 +35,7 @@ from .records import (
     LibxcEnd,
     PageData,
     Record,
+    ReplicationEnd,
     SharedInfo,
     StaticDataEnd,
     StreamHeader,
@@ -78,6 +79,7 @@ from .wire import (
     GuestType,
     LibxcType,
     LibxlType,
+    ReplicationEndReason,
     u64_array,
 )
 
@@ -354,4 +356,24 @@ def read_heartbeat(body: memoryview, at: int) -> Heartbeat:
     return Heartbeat(sequence=sequence, sent_at_ns=sent_at)
 
 
-COLOD_READERS: dict[int, Reader] = {ColodType.HEARTBEAT: read_heartbeat}
+def read_replication_end(body: memoryview, at: int) -> ReplicationEnd:
+    name = "COLOD_REPLICATION_END"
+    _at_least(body, at, U32_PAIR.size, name)
+    code, length = U32_PAIR.unpack_from(body)
+    text = body[U32_PAIR.size:]
+    if length != len(text):
+        raise _fail(at + 4, f"{name}: text length {length}, but {len(text)} bytes follow its header")
+    if not _known(code, ReplicationEndReason):
+        known = ", ".join(f"{r.value} {r.name}" for r in ReplicationEndReason)
+        raise _fail(at, f"{name}: unknown reason code {code} ({known})")
+    try:
+        decoded = bytes(text).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(at + U32_PAIR.size + e.start, f"{name}: text is not valid UTF-8 ({e.reason})") from None
+    return ReplicationEnd(reason=ReplicationEndReason(code), text=decoded)
+
+
+COLOD_READERS: dict[int, Reader] = {
+    ColodType.HEARTBEAT: read_heartbeat,
+    ColodType.COLOD_REPLICATION_END: read_replication_end,
+}

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.protocol.test_golden -*-
 """
 The typed records of a checkpoint stream: one frozen class per Xen record
-type (plus the three fixed headers and colod's heartbeat).
+type (plus the three fixed headers and colod's two records).
 
 Records are plain values.  Layout knowledge lives in the readers and writers;
 what may follow what lives in L{colod.protocol.state}.  Bulk payloads (page
@@ -26,6 +26,7 @@ from .wire import (
     LibxcType,
     LibxlType,
     Namespace,
+    ReplicationEndReason,
 )
 
 #: Bulk data: a decoded record holds a memoryview into the received bytes.
@@ -312,13 +313,27 @@ class Heartbeat:
     sent_at_ns: int = 0
 
 
+@attrs.frozen
+class ReplicationEnd:
+    """
+    colod: the sender ends replication on purpose, so that the receiver can
+    tell it from a crash (and, after SHUTDOWN, not take over).  Legal wherever
+    a heartbeat is; nothing may follow it on its channel.
+    """
+
+    NAMESPACE: ClassVar[None] = None
+    TYPE: ClassVar[int] = ColodType.COLOD_REPLICATION_END
+    reason: ReplicationEndReason
+    text: str = ""
+
+
 Record = (
     StreamHeader | ImageHeader | DomainHeader
     | End | LibxcContext | EmulatorXenstoreData | EmulatorContext | CheckpointEnd | CheckpointState
     | LibxcEnd | PageData | X86PvInfo | X86PvP2mFrames | X86PvVcpuBasic | X86PvVcpuExtended
     | X86PvVcpuXsave | X86PvVcpuMsrs | SharedInfo | X86TscInfo | HvmContext | HvmParams | Verify
     | Checkpoint | CheckpointDirtyPfnList | StaticDataEnd | X86CpuidPolicy | X86MsrPolicy
-    | SkippedRecord | Heartbeat
+    | SkippedRecord | Heartbeat | ReplicationEnd
 )
 
 

@@ -31,7 +31,8 @@ SVM_SUSPENDED, CHECKPOINT_DIRTY_PFN_LIST, SVM_READY, SVM_RESUMED.
 
 colod's HEARTBEAT and unknown optional libxc records (which Xen skips) are
 legal at any record boundary of their namespace and never change the state;
-headers are not record boundaries.
+headers are not record boundaries.  colod's COLOD_REPLICATION_END is legal at
+the same places and ends its channel: nothing may follow it.
 
 Transitions are keyed by record class, except CHECKPOINT_STATE (keyed by its
 control id) and the image header (keyed by its version, because a v3 stream
@@ -60,6 +61,7 @@ from .records import (
     LibxcContext,
     LibxcEnd,
     PageData,
+    ReplicationEnd,
     SharedInfo,
     SkippedRecord,
     StaticDataEnd,
@@ -106,6 +108,7 @@ class State(enum.Enum):
     SVM_SUSPENDED = "after SVM_SUSPENDED"
     DIRTY_PFN_LIST = "after CHECKPOINT_DIRTY_PFN_LIST"
     # both
+    ENDED = "after COLOD_REPLICATION_END ended the channel"
     ERROR = "after an error"
 
 
@@ -152,10 +155,16 @@ TRANSITIONS: dict[State, dict[Hashable, State]] = {
     S.SVM_RESUMED: {CheckpointId.SVM_SUSPENDED: S.SVM_SUSPENDED},
     S.SVM_SUSPENDED: {CheckpointDirtyPfnList: S.DIRTY_PFN_LIST},
     S.DIRTY_PFN_LIST: {CheckpointId.SVM_READY: S.SVM_READY},
+    S.ENDED: {},
     S.ERROR: {},
 }
 
-#: How a record type number is read in each state that reads records.
+#: Records legal at every record boundary (every state in L{NAMESPACE}), in
+#: either namespace, and the state each leads to (None: the state stays).
+ANYWHERE: dict[type, State | None] = {Heartbeat: None, SkippedRecord: None, ReplicationEnd: S.ENDED}
+
+#: How a record type number is read in each state that reads records (the
+#: record boundaries).
 NAMESPACE: dict[State, Namespace] = {
     S.LIBXL: Namespace.LIBXL,
     S.LIBXC_STATIC: Namespace.LIBXC,
@@ -165,7 +174,6 @@ NAMESPACE: dict[State, Namespace] = {
     S.CHECKPOINT: Namespace.LIBXL,
     S.AWAIT_NEW: Namespace.LIBXL,
     S.LIBXC_CHECKPOINTED: Namespace.LIBXC,
-    S.DONE: Namespace.LIBXL,
     S.BACK_START: Namespace.LIBXL,
     S.SVM_READY: Namespace.LIBXL,
     S.SVM_RESUMED: Namespace.LIBXL,
@@ -181,12 +189,16 @@ HEADER_STATES: dict[State, type] = {
     S.DOMAIN_HEADER_V3: DomainHeader,
 }
 
+#: States after which not a byte more may come.
+FINAL = frozenset({S.DONE, S.ENDED})
+
 #: Where the peer may close its side cleanly: after END, after a libxc END
 #: that ended a checkpointed stream, or anywhere between records once one
 #: checkpoint is complete (Xen's secondary then fails over to the last
 #: complete checkpoint).  The back channel may stop at any record boundary.
+#: Either channel may stop after COLOD_REPLICATION_END.
 CLEAN_EOF = frozenset({
-    S.DONE, S.AWAIT_NEW, S.LIBXC_CHECKPOINTED, S.CHECKPOINT,
+    S.DONE, S.ENDED, S.AWAIT_NEW, S.LIBXC_CHECKPOINTED, S.CHECKPOINT,
     S.BACK_START, S.SVM_READY, S.SVM_RESUMED, S.SVM_SUSPENDED, S.DIRTY_PFN_LIST,
 })
 
@@ -194,8 +206,6 @@ CLEAN_EOF = frozenset({
 _EXPLAINED = {
     (S.LIBXC_STATIC, PageData): "PAGE_DATA before STATIC_DATA_END in a v3 libxc stream",
 }
-
-_STATELESS = (Heartbeat, SkippedRecord)
 
 
 def event_key(record: object) -> Hashable:
@@ -212,8 +222,8 @@ def next_state(state: State, record: object) -> State | str:
     The state after C{record} is read (or written) in C{state}, or the reason
     it may not appear there.
     """
-    if isinstance(record, _STATELESS) and state in NAMESPACE and state is not S.DONE:
-        return state
+    if state in NAMESPACE and type(record) in ANYWHERE:
+        return ANYWHERE[type(record)] or state
     key = event_key(record)
     new = TRANSITIONS[state].get(key)
     if new is None or new is S.ERROR:

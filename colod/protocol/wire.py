@@ -93,6 +93,21 @@ class ColodType(enum.IntEnum):
     """
 
     HEARTBEAT = 0xC010D001
+    COLOD_REPLICATION_END = 0xC010D002
+
+
+class ReplicationEndReason(enum.IntEnum):
+    """
+    Why a colod ended replication on purpose (COLOD_REPLICATION_END).  The
+    receiver acts on it: after SHUTDOWN it must not take over the guest.
+    """
+
+    #: The sender's colod is stopping; its guest keeps running where it is.
+    SHUTDOWN = 1
+    #: The sender found the receiver's stream or behaviour wrong.
+    PROTOCOL_ERROR = 2
+    #: The sender cannot go on, e.g. its devices failed.
+    LOCAL_FAILURE = 3
 
 
 class CheckpointId(enum.IntEnum):
@@ -139,7 +154,7 @@ STREAM_HEADER = struct.Struct(">QII")  # libxl: ident, version, options
 IMAGE_HEADER = struct.Struct(">QIIHHI")  # libxc: marker, id, version, options, res, res
 DOMAIN_HEADER = struct.Struct("<IHHII")  # type, page_shift, res, xen_major, xen_minor
 RECORD_HEADER = struct.Struct("<II")  # type, body length
-U32_PAIR = struct.Struct("<II")  # emulator/page-data/vcpu/hvm-params/p2m sub-headers
+U32_PAIR = struct.Struct("<II")  # emulator/page-data/vcpu/hvm-params/p2m/replication-end sub-headers
 U32 = struct.Struct("<I")
 PV_INFO = struct.Struct("<BBHI")  # guest_width, pt_levels, res, res
 TSC_INFO = struct.Struct("<IIQII")  # mode, khz, nsec, incarnation, res

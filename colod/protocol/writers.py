@@ -32,6 +32,7 @@ from .records import (
     LibxcContext,
     LibxcEnd,
     PageData,
+    ReplicationEnd,
     SharedInfo,
     StaticDataEnd,
     StreamHeader,
@@ -72,6 +73,7 @@ from .wire import (
     CheckpointId,
     EmulatorId,
     GuestType,
+    ReplicationEndReason,
     padding,
     u64_bytes,
 )
@@ -206,6 +208,12 @@ def _heartbeat(record: Heartbeat) -> Sequence[Chunk]:
     return [HEARTBEAT.pack(record.sequence, record.sent_at_ns)]
 
 
+def _replication_end(record: ReplicationEnd) -> Sequence[Chunk]:
+    _member(record.reason, ReplicationEndReason, "replication end reason")
+    text = record.text.encode("utf-8")  # UnicodeEncodeError is a ValueError
+    return [U32_PAIR.pack(record.reason, len(text)), text]
+
+
 _BODIES: dict[type, Body] = {
     End: _empty,
     LibxcContext: _empty,
@@ -232,6 +240,7 @@ _BODIES: dict[type, Body] = {
     X86CpuidPolicy: _policy(CPUID_LEAF),
     X86MsrPolicy: _policy(MSR_ENTRY),
     Heartbeat: _heartbeat,
+    ReplicationEnd: _replication_end,
 }
 
 

@@ -28,6 +28,8 @@ from colod.protocol import (
     PageData,
     PageType,
     Record,
+    ReplicationEnd,
+    ReplicationEndReason,
     SharedInfo,
     StaticDataEnd,
     StreamHeader,
@@ -91,6 +93,9 @@ RECORDS: dict[type, st.SearchStrategy[Record]] = {
                                                        max_size=3)),
     X86MsrPolicy: st.builds(X86MsrPolicy, st.lists(st.tuples(u32, u32, u64), min_size=1, max_size=3)),
     Heartbeat: st.builds(Heartbeat, u64, u64),
+    ReplicationEnd: st.builds(
+        ReplicationEnd, st.sampled_from(list(ReplicationEndReason)), st.text(max_size=20)
+    ),
 }
 
 
@@ -121,4 +126,7 @@ def sequences(draw: st.DrawFn, channel: Channel, max_records: int = 25) -> list[
         record = draw(st.one_of(options))
         assert tracker.advance(record) is None
         records.append(record)
+    # Last, if at all: it ends the channel (drawn here, not above, so that walks stay long).
+    if tracker.refusal(Heartbeat(0)) is None and draw(st.booleans()):
+        records.append(draw(RECORDS[ReplicationEnd]))
     return records

@@ -15,6 +15,8 @@ from colod.protocol import (
     Decoder,
     End,
     PageData,
+    ReplicationEnd,
+    ReplicationEndReason,
     StreamError,
 )
 
@@ -80,6 +82,14 @@ def test_colo_stream_may_not_end_in_its_first_checkpoint() -> None:
     records = colo_main(0)
     with pytest.raises(StreamError, match="first checkpoint"):
         decode(encode(records[:-1]))
+
+
+@pytest.mark.parametrize("channel", list(Channel))
+def test_end_of_file_after_replication_end_is_clean(channel: Channel) -> None:
+    """Even in the first checkpoint, where EOF alone is an error: the sender meant to stop."""
+    records = colo_main(0)[:-1] if channel is Channel.MAIN else colo_back(0)[:1]
+    bye = ReplicationEnd(ReplicationEndReason.LOCAL_FAILURE, "disk gone")
+    assert decode(encode([*records, bye], channel), channel, sizes=[7]) == [*records, bye]
 
 
 def test_back_channel_lock_step() -> None:

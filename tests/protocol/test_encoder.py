@@ -14,6 +14,8 @@ from colod.protocol import (
     HvmContext,
     LibxcContext,
     PageData,
+    ReplicationEnd,
+    ReplicationEndReason,
     StreamError,
     StreamHeader,
     X86PvInfo,
@@ -39,6 +41,8 @@ def encoder_in_libxc() -> Encoder:
         (CheckpointState(CheckpointId.NEW), "not allowed"),
         (X86PvInfo(8, 4), "belongs to X86_PV"),
         (LibxcContext(), "LIBXC_CONTEXT"),
+        (ReplicationEnd(7, ""), "replication end reason 7"),
+        (ReplicationEnd(ReplicationEndReason.SHUTDOWN, "\ud800"), "can't encode"),
     ],
 )
 def test_refusals_leave_the_encoder_usable(record: object, words: str) -> None:
@@ -67,3 +71,11 @@ def test_page_data_buffers_are_not_copied() -> None:
     chunks = encoder.send_buffers(batch)
     assert any(chunk is batch.data for chunk in chunks)
     assert sum(len(chunk) for chunk in chunks) == 16 + 16 * 8 + 16 * 4096
+
+
+def test_nothing_is_sent_after_replication_end() -> None:
+    encoder = encoder_in_libxc()
+    encoder.send(ReplicationEnd(ReplicationEndReason.SHUTDOWN, "bye"))
+    with pytest.raises(StreamError, match="HEARTBEAT is not allowed after COLOD_REPLICATION_END"):
+        encoder.send(Heartbeat(1))
+    assert not encoder.can_send(ReplicationEnd(ReplicationEndReason.SHUTDOWN, "again"))

@@ -31,6 +31,8 @@ from colod.protocol import (
     PageData,
     PageType,
     Record,
+    ReplicationEnd,
+    ReplicationEndReason,
     SharedInfo,
     SkippedRecord,
     StaticDataEnd,
@@ -57,6 +59,7 @@ _CHECKPOINT = [*_HVM, Checkpoint()]
 _READY = CheckpointState(CheckpointId.SVM_READY)
 _RESUMED = CheckpointState(CheckpointId.SVM_RESUMED)
 _SUSPENDED = CheckpointState(CheckpointId.SVM_SUSPENDED)
+_BYE = ReplicationEnd(ReplicationEndReason.SHUTDOWN, "colod stopping")
 
 #: Where a record is checked: (channel, the records that lead there).
 POSITIONS: dict[str, tuple[Channel, list[Record]]] = {
@@ -73,6 +76,8 @@ POSITIONS: dict[str, tuple[Channel, list[Record]]] = {
     "back-ready": (Channel.BACK, [_READY]),
     "back-resumed": (Channel.BACK, [_READY, _RESUMED]),
     "back-suspended": (Channel.BACK, [_READY, _RESUMED, _SUSPENDED]),
+    "ended": (Channel.MAIN, [StreamHeader(), _BYE]),
+    "back-ended": (Channel.BACK, [_BYE]),
 }
 
 _PAGE_11 = "11" * 4096
@@ -131,6 +136,12 @@ GOLDEN: list[tuple[str, Record, str]] = [
     ("await-new", Heartbeat(7, 0x1122334455667788), "01d010c0 10000000 0700000000000000 8877665544332211"),
     ("hvm", Heartbeat(7, 0x1122334455667788), "01d010c0 10000000 0700000000000000 8877665544332211"),
     ("back-ready", Heartbeat(0, 0), "01d010c0 10000000 0000000000000000 0000000000000000"),
+    # colod's replication end: type 0xC010D002; u32 reason, u32 text length, UTF-8 text, padding.
+    ("libxl", _BYE, "02d010c0 16000000 01000000 0e000000 636f6c6f642073746f7070696e67 0000"),
+    ("hvm", ReplicationEnd(ReplicationEndReason.PROTOCOL_ERROR, "\u00e9"),
+     "02d010c0 0a000000 02000000 02000000 c3a9 000000000000"),
+    ("back-start", ReplicationEnd(ReplicationEndReason.LOCAL_FAILURE, ""),
+     "02d010c0 08000000 03000000 00000000"),
 ]
 
 #: Bytes that decode but are not written by colod: (position, bytes, record).
@@ -160,6 +171,17 @@ REFUSED: list[tuple[str, str, str]] = [
     ("start", "4c6962786c466d74 00000003 00000000", "version 3"),
     ("image-header", "ffffffffffffffff 58454e46 00000003 0001 0000 00000000", "big-endian"),
     ("domain-header", "02000000 0d00 0000 04000000 11000000", "page shift 13"),
+    ("libxl", "02d010c0 08000000 09000000 00000000", "unknown reason code 9"),
+    ("back-start", "02d010c0 08000000 00000000 00000000", "unknown reason code 0"),
+    ("hvm", "02d010c0 0a000000 01000000 02000000 c328 000000000000", "text is not valid UTF-8"),
+    ("libxl", "02d010c0 0a000000 01000000 05000000 6869 000000000000", "text length 5, but 2 bytes"),
+    ("libxl", "02d010c0 0a000000 01000000 01000000 6869 000000000000", "text length 1, but 2 bytes"),
+    ("libxl", "02d010c0 04000000 01000000 00000000", "shorter than its 8-byte header"),
+    ("libxl", "02d010c0 0a000000 01000000 02000000 6869 000000000001", "padding"),
+    ("ended", "01d010c0 10000000 0000000000000000 0000000000000000",
+     "data after COLOD_REPLICATION_END ended the channel (24 bytes)"),
+    ("back-ended", "05000000 04000000 02000000 00000000", "data after COLOD_REPLICATION_END"),
+    ("back-ended", "02d010c0 08000000 01000000 00000000", "data after COLOD_REPLICATION_END"),
 ]
 
 
@@ -229,11 +251,16 @@ def test_refused(position: str, wire: str, words: str) -> None:
 
 
 def test_every_type_has_a_vector() -> None:
-    """Both namespaces are covered: libxl 0x0-0x5 and libxc 0x00-0x12 (TOOLSTACK as a refusal)."""
-    from colod.protocol.wire import LibxcType, LibxlType
+    """
+    Every type is covered: libxl 0x0-0x5, libxc 0x00-0x12 (TOOLSTACK as a
+    refusal) and colod's own.
+    """
+    from colod.protocol.wire import ColodType, LibxcType, LibxlType
 
     written = {(type(r).NAMESPACE, type(r).TYPE) for _, r, _ in GOLDEN if type(r).TYPE is not None}
     libxl = {t for ns, t in written if ns is not None and ns.value == "libxl"}
     libxc = {t for ns, t in written if ns is not None and ns.value == "libxc"}
+    colod = {t for ns, t in written if ns is None}
     assert libxl == set(LibxlType)
     assert libxc | {LibxcType.TOOLSTACK} == set(LibxcType)
+    assert colod == set(ColodType)

@@ -7,21 +7,30 @@ from collections.abc import Callable
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from colod.protocol import (
+    Channel,
     CheckpointDirtyPfnList,
     CheckpointId,
     CheckpointState,
     DomainHeader,
+    EmulatorContext,
     Heartbeat,
     ImageHeader,
     LibxcContext,
+    LocalEndedReplication,
+    PeerEndedReplication,
     Record,
+    ReplicationEnd,
+    ReplicationEndReason,
     StreamError,
     StreamHeader,
 )
@@ -54,6 +63,7 @@ class Recorder:
         self.link: PeerLink | None = None
         self.records: list[Record] = []
         self.silences: list[float] = []
+        self.losses: list[BaseException] = []
 
     def linkReady(self, link: PeerLink, peer: Hello) -> None:
         self.link = link
@@ -66,7 +76,8 @@ class Recorder:
         self.silences.append(seconds)
 
     def linkLost(self, link: PeerLink, reason: Failure) -> None:
-        self.lost.callback(reason.value)
+        self.losses.append(reason.value)
+        self.lost.callback(reason.value)  # a second call fails the test
 
 
 @inlineCallbacks
@@ -87,6 +98,23 @@ class RawHello(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.write(self.data)
+
+
+@implementer(IHalfCloseableProtocol)
+class NeverCloses(RawHello):
+    """A fake peer that sends fixed bytes, keeps what it receives, and never closes."""
+
+    received = b""
+    eof = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+
+    def writeConnectionLost(self) -> None:
+        pass
 
 
 class PeerLinkTests(TestCase):
@@ -121,6 +149,92 @@ class PeerLinkTests(TestCase):
             self.primary.link.close()
         yield self.primary.lost
         yield self.secondary.lost
+
+    @inlineCallbacks
+    def assertEnded(self, ender: Recorder, other: Recorder, reason: ReplicationEndReason, text: str):
+        """C{other} learns the end was deliberate, C{ender} that it ended it; one linkLost each."""
+        peer = yield other.lost
+        self.assertIsInstance(peer, PeerEndedReplication)
+        self.assertEqual((peer.reason, peer.text), (reason, text))
+        local = yield ender.lost
+        self.assertIsInstance(local, LocalEndedReplication)
+        self.assertEqual((local.reason, local.text), (reason, text))
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual((len(ender.losses), len(other.losses)), (1, 1))
+        self.assertNotIn(ReplicationEnd, [type(r) for r in ender.records + other.records])
+
+    @inlineCallbacks
+    def test_primary_shutdown(self):
+        """The secondary hears that the primary stopped on purpose: not a crash, do not take over."""
+        yield self.open_pair()
+        self.primary.link.sendRecord(EmulatorContext(blob=b"dm"))
+        self.primary.link.end(ReplicationEndReason.SHUTDOWN, "colod stopping")
+        yield self.assertEnded(self.primary, self.secondary, ReplicationEndReason.SHUTDOWN, "colod stopping")
+        self.assertEqual(self.secondary.records, [StreamHeader(), EmulatorContext(blob=b"dm")])
+        said = [str(self.secondary.losses[0]), str(self.primary.losses[0])]
+        self.assertEqual(said, ["the peer ended replication: shutdown: colod stopping",
+                                "this colod ended replication: shutdown: colod stopping"])
+
+    @inlineCallbacks
+    def test_secondary_ends(self):
+        """The back channel carries it too, from its first byte."""
+        yield self.open_pair()
+        error = ReplicationEndReason.PROTOCOL_ERROR
+        self.secondary.link.end(error, "bad stream")
+        yield self.assertEnded(self.secondary, self.primary, error, "bad stream")
+
+    @inlineCallbacks
+    def test_nothing_after_end(self):
+        """After end() the link sends nothing; ending again, or after the loss, does nothing."""
+        yield self.open_pair()
+        link = self.primary.link
+        link.end(ReplicationEndReason.LOCAL_FAILURE, "")
+        with self.assertRaises(LinkNotOpen):
+            link.sendRecord(EmulatorContext())
+        link.end(ReplicationEndReason.SHUTDOWN, "again")
+        yield self.assertEnded(self.primary, self.secondary, ReplicationEndReason.LOCAL_FAILURE, "")
+        link.end(ReplicationEndReason.SHUTDOWN, "after the loss")
+        self.assertEqual(len(self.primary.losses), 1)
+
+    @inlineCallbacks
+    def test_end_waits_for_the_peer_to_close(self):
+        """The ending side closes only its sending half; a peer that never closes is cut off after the
+        silence timeout, and the record reached it whole."""
+        port = yield self.listen()
+        fake = NeverCloses(PRIMARY.encode() + encode([StreamHeader()]))
+        yield self.connect(port, Factory.forProtocol(lambda: fake))
+        yield self.secondary.ready
+        self.secondary.link.end(ReplicationEndReason.SHUTDOWN, "bye")
+        yield wait_for(lambda: fake.eof)
+        self.assertFalse(self.secondary.lost.called)
+        self.secondary_clock.advance(TIMING.silence_timeout)
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, LocalEndedReplication)
+        bye = encode([ReplicationEnd(ReplicationEndReason.SHUTDOWN, "bye")], Channel.BACK)
+        self.assertEqual(fake.received, SECONDARY.encode() + bye)
+
+    @inlineCallbacks
+    def test_end_inside_the_libxc_headers(self):
+        """No record fits between LIBXC_CONTEXT and the domain header: the link just closes there."""
+        yield self.open_pair()
+        self.primary.link.sendRecord(LibxcContext())
+        self.primary.link.end(ReplicationEndReason.SHUTDOWN, "colod stopping")
+        reason = yield self.secondary.lost
+        self.assertIsInstance(reason, StreamError)
+        self.assertIn("expecting the libxc image header", reason.reason)
+        self.assertIsInstance((yield self.primary.lost), LocalEndedReplication)
+
+    def test_end_before_handshake(self):
+        """Before the peer's hello nothing but our hello was sent; the link closes, ended locally."""
+        link = PeerLink(PRIMARY, "node-b", self.primary, self.primary_clock, TIMING)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        link.end(ReplicationEndReason.SHUTDOWN, "colod stopping")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), PRIMARY.encode())
+        link.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(self.primary.losses[0], LocalEndedReplication)
+        self.assertEqual(self.primary_clock.getDelayedCalls(), [])
 
     @inlineCallbacks
     def test_handshake_and_both_channels(self):
@@ -255,6 +369,26 @@ class PeerLinkTests(TestCase):
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, StreamError)
         self.assertEqual(reason.offset, 0)
+
+    @inlineCallbacks
+    def test_malformed_stream_is_named_to_the_peer(self):
+        """The side that finds the peer's stream malformed tells it why before closing."""
+        yield self.open_pair()
+        self.secondary.link.transport.write(b"NotARecord" * 4)
+        reason = yield self.primary.lost
+        self.assertIsInstance(reason, StreamError)
+        told = yield self.secondary.lost
+        self.assertIsInstance(told, PeerEndedReplication)
+        self.assertEqual(told.reason, ReplicationEndReason.PROTOCOL_ERROR)
+        self.assertEqual(told.text, f"your stream, {reason}")
+
+    @inlineCallbacks
+    def test_any_peer_node_when_none_is_configured(self):
+        port = yield self.listen(peer_node=None)
+        yield self.connect(port)
+        _, peer = yield from_both(self.primary.ready, self.secondary.ready)
+        self.addCleanup(self.close_pair)
+        self.assertEqual(peer.node, PRIMARY.node)
 
     @inlineCallbacks
     def test_truncated_stream(self):
