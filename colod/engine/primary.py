@@ -22,11 +22,14 @@ import time
 
 from automat import MethodicalMachine
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from colod.config import DomainConfig
+from colod.devices import DeviceGroup
 from colod.engine.core import EngineCore, describe
-from colod.engine.status import Pause
+from colod.engine.status import Pause, StatusFile
+from colod.guest.interfaces import IGuestEngine
 from colod.protocol import (
     Checkpoint,
     CheckpointDirtyPfnList,
@@ -65,8 +68,9 @@ class PrimaryEngine(EngineCore):
     _machine = MethodicalMachine()
     setTrace = _machine._setTrace
 
-    def __init__(self, *args: object, interval: float, qmp: QMPConnection, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
+                 clock: IReactorTime, status: StatusFile, *, interval: float, qmp: QMPConnection) -> None:
+        super().__init__(domain, node, guest, devices, clock, status)
         self.interval = interval
         self._qmp = qmp
         self._timer: IDelayedCall | None = None

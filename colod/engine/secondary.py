@@ -22,9 +22,14 @@ primary's guest may well be running.
 from __future__ import annotations
 
 from automat import MethodicalMachine
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from colod.config import DomainConfig
+from colod.devices import DeviceGroup
 from colod.engine.core import EngineCore, ProtocolViolation, describe
+from colod.engine.status import StatusFile
+from colod.guest.interfaces import IGuestEngine
 from colod.protocol import (
     CheckpointEnd,
     CheckpointId,
@@ -49,8 +54,9 @@ class SecondaryEngine(EngineCore):
     _machine = MethodicalMachine()
     setTrace = _machine._setTrace
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
+                 clock: IReactorTime, status: StatusFile) -> None:
+        super().__init__(domain, node, guest, devices, clock, status)
         self._buffer: list[Record] = []
         self._first = True
         self.state = "waiting_for_primary"

@@ -16,9 +16,10 @@ once, by take_over.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -26,6 +27,8 @@ from colod.guest.device_model import LOAD_POLICY, DeviceModelEngine
 from colod.guest.interfaces import IGuestEngine
 from colod.guest.memory_image import MemoryImage, MemoryImageEngine, RunControl
 from colod.protocol import CheckpointDirtyPfnList, EmulatorContext, PageData, Record
+
+_T = TypeVar("_T")
 
 
 class CheckpointDataError(Exception):
@@ -131,7 +134,7 @@ class QemuGuest:
             d.addCallback(lambda _: self._run.resume())
         return d
 
-    def _copied(self, work):  # type: ignore[no-untyped-def]
+    def _copied(self, work: Callable[[], _T]) -> _T:
         started = time.perf_counter()
         try:
             return work()
@@ -140,4 +143,7 @@ class QemuGuest:
 
 
 def _all(steps: list[Deferred[None]]) -> Deferred[None]:
-    return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
+    """All of ``steps`` (run side by side); fails with the first failure itself, not a FirstError."""
+    d = gatherResults(steps, consumeErrors=True)
+    d.addErrback(lambda failure: failure.trap(FirstError) and failure.value.subFailure)
+    return d.addCallback(lambda _: None)
