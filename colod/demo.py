@@ -1,100 +1,106 @@
 # -*- test-case-name: tests.test_demo -*-
-"""``make demo``: colod on this one machine, against a real QEMU.
+"""``make demo``: a protected guest survives the loss of its primary host, on this one machine.
 
-What it shows today: a real ``twistd colod`` daemon starting from a generated
-configuration, reaching a QEMU device model over QMP, probing it for the COLO
-commands, and stopping cleanly on SIGTERM.  The primary/secondary pair with
-checkpoints and failover joins it when the checkpoint engine lands.
+Two nodes (colod.lab) each get a QEMU started from ``colod qemu-args`` and a
+``twistd colod`` daemon; once the first checkpoint is complete, the guest
+writer changes the primary's disk and memory.  The demo shows checkpoints
+going by, then kills the primary's QEMU, daemon and guest at once, as a host
+loss would, times the secondary's takeover and checks that the secondary's
+disk and memory are exactly the last checkpoint's.  It ends with one
+``demo: PASSED: ...`` or ``demo: FAILED: ...`` line and exits 0 only on a pass.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from colod.qemu_process import QemuProcess
+from colod.lab import Lab, LabError
+from colod.qemu_process import QemuStartError
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-# How long the daemon gets to reach its QEMU, and to stop.
-CONNECT_DEADLINE = 20.0
-STOP_DEADLINE = 5.0
-
-CONFIG = """\
-[colod]
-role = "secondary"
-node_name = "demo-secondary"
-state_dir = "{workdir}/state"
-control_socket = "{workdir}/control.sock"
-
-[peer]
-listen = "tcp:0:interface=127.0.0.1"
-
-[[domain]]
-name = "demo"
-qmp_socket = "{qmp_socket}"
-nbd_host = "127.0.0.1"
-nbd_port = 18889
-
-[[domain.disk]]
-name = "xvda"
-quorum_node = "colo-disk0"
-image = "{workdir}/disk.raw"
-export_name = "demo-xvda"
-active_image = "{workdir}/active.qcow2"
-hidden_image = "{workdir}/hidden.qcow2"
-"""
+#: How long the demo shows checkpoints going by, and how often it reports them.
+SHOW_SECONDS = 6.0
+REPORT_EVERY = 1.0
+#: The writer's pause between operations: a busy guest that leaves the CPUs some air.
+WRITER_INTERVAL = 0.002
 
 
 def say(text: str) -> None:
     print(f"demo: {text}", flush=True)
 
 
-def wait_for(log: Path, text: str, deadline: float) -> bool:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if text in log.read_text():
-            return True
-        time.sleep(0.05)
-    return False
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
 
 
-def run(workdir: Path) -> bool:
-    """Run the demo in ``workdir``; True when everything it checked held."""
-    qemu = QemuProcess(workdir, "demo-qemu")
-    say(f"starting QEMU ({' '.join(qemu.command[:4])} ...) with QMP at {qemu.qmp_socket}")
-    qemu.start()
-    config = workdir / "colod.toml"
-    config.write_text(CONFIG.format(workdir=workdir, qmp_socket=qemu.qmp_socket))
-    log = workdir / "colod.log"
-    say(f"starting: twistd -n colod --role secondary --config {config}")
-    with open(log, "w") as out:
-        daemon = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "colod", "--role", "secondary", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
+def _show_checkpoints(lab: Lab) -> dict[str, object]:
+    """Report the primary's status every second for a while; returns the last one."""
+    end = time.monotonic() + SHOW_SECONDS
+    while True:
+        time.sleep(REPORT_EVERY)
+        status = lab.until(lab.primary, lambda s: s["protected"], 5.0, "protection").wait()
+        say(f"checkpoints {status['checkpoints']:5d}   pause last {_ms(status['last_pause_ms'])}, "
+            f"p50 {_ms(status['pause_p50_ms'])}, p99 {_ms(status['pause_p99_ms'])}   "
+            f"writer ops {lab.ops()}")
+        if time.monotonic() >= end:
+            return status
+
+
+def run(lab: Lab) -> str:
+    """Run the demo on ``lab``; returns the summary of a pass.  @raise LabError: what failed."""
+    say(f"two nodes in {lab.workdir}: {lab.disk_size >> 20} MiB disks, "
+        f"{lab.memory_pages * 4 >> 10} MiB memory images, checkpoints every {lab.checkpoint_interval:g} s")
+    lab.prepare()
+    lab.start_qemus()
+    for node in lab.nodes:
+        say(f"{node.role}: QEMU pid {node.qemu.pid} started with the arguments of "
+            f"`colod qemu-args --role {node.role} --config {node.config}`")
+    started = time.monotonic()
+    lab.start_daemons()
+    say("started twistd -n colod --config ... on both nodes; waiting for the first checkpoint")
+    status = lab.until_protected().wait()
+    say(f"protected {time.monotonic() - started:.1f} s later; guest engine: {status['guest']}")
+    lab.start_writer(WRITER_INTERVAL)
+    say("the guest writer runs on the primary: random disk blocks and memory pages, its count in page 0")
+    status = _show_checkpoints(lab)
+    floor = lab.ops_floor().wait()
+    say("losing the primary host: its QEMU, its colod and the guest writer are killed at once")
+    lost = time.monotonic()
+    lab.lose_primary_host()
+    took_over = lab.until(lab.secondary, lambda s: s["failed_over"], lab.heartbeat_timeout + 5.0,
+                          "takeover", started=lost).wait()
+    after = time.monotonic() - lost
+    say(f"the secondary took over {after:.2f} s after the loss: role {took_over['role']}, "
+        f"its QEMU {lab.secondary.qemu_status()}")
+    verdict = lab.verify(lab.secondary)
+    say(f"the secondary's disk and memory image, checked against the writer: {verdict.summary}")
+    if not verdict.ok:
+        raise LabError(f"the secondary's state is not a checkpoint's: {verdict.summary}")
+    if verdict.ops < floor:
+        raise LabError(f"the secondary holds {verdict.ops} writer ops, fewer than the {floor} "
+                       "a completed checkpoint had")
+    return (f"{status['checkpoints']} checkpoints (pause p50 {_ms(status['pause_p50_ms'])}, "
+            f"p99 {_ms(status['pause_p99_ms'])}); the secondary took over {after:.2f} s after the "
+            f"primary host was lost, its disk and memory exactly a checkpoint's ({verdict.ops} writer ops)")
+
+
+def demo(workdir: Path) -> bool:
+    """Run the demo in ``workdir`` and print its summary line; True on a pass.  Always reaps its processes."""
+    lab = Lab(workdir, domain="demo", checkpoint_interval=0.05)
     try:
-        connected = wait_for(log, "connected to QEMU", CONNECT_DEADLINE)
-        for line in log.read_text().splitlines():
-            if "colod." in line:
-                say(f"colod logged: {line.split('] ', 1)[-1]}")
-        if not connected:
-            say(f"colod did not reach QEMU within {CONNECT_DEADLINE:g} s")
-            return False
-        say("sending SIGTERM to colod")
-        daemon.send_signal(signal.SIGTERM)
-        status = daemon.wait(STOP_DEADLINE)
-        say(f"colod exited with status {status}")
-        return status == 0 and qemu.running()
+        print(f"demo: PASSED: {run(lab)}", flush=True)
+        return True
+    except (LabError, QemuStartError) as e:
+        reason, _, details = str(e).partition("\n")
+        if details:
+            print(details, flush=True)
+        print(f"demo: FAILED: {reason}", flush=True)
+        return False
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        qemu.stop()
+        lab.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,12 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         workdir = Path(args.workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        ok = run(workdir)
+        ok = demo(workdir)
     else:
         with tempfile.TemporaryDirectory(prefix="colod-demo-", dir="/tmp") as tmp:
-            ok = run(Path(tmp))
-    print("demo: PASSED: colod started, reached QEMU over QMP, and stopped cleanly" if ok
-          else "demo: FAILED: see the lines above")
+            ok = demo(Path(tmp))
     return 0 if ok else 1
 
 

@@ -219,6 +219,11 @@ class QMPConnection:
         except Exception:  # noqa: BLE001 - the connection is being dropped anyway
             pass
 
+    @property
+    def connected(self) -> bool:
+        """Whether commands can be sent now (False once QEMU has gone, even before whenLost fires)."""
+        return self._client.runstate == Runstate.RUNNING
+
     # -- commands ---------------------------------------------------------
 
     def execute(
@@ -240,7 +245,7 @@ class QMPConnection:
     async def _execute(
         self, command: str, arguments: dict[str, Any] | None, timeout: float, oob: bool = False
     ) -> Any:
-        if self._client.runstate != Runstate.RUNNING:
+        if not self.connected:
             raise QMPDisconnected(
                 f"QMP {command} not sent: not connected to QEMU at {self.socket_path}"
                 + (f" ({self._lost_reason})" if self._lost_reason else "")

@@ -97,9 +97,9 @@ class DomainService(Service):
                            domain=domain.name, error=e)
             return
         devices = DeviceGroup(domain, config.role, qmp)
-        common = (domain, config.node_name, self._guest, devices, self._reactor, StatusFile(state_dir))
+        common = (domain, config.node_name, self._guest, devices, self._reactor, StatusFile(state_dir), qmp)
         if config.role == "primary":
-            self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval, qmp=qmp)
+            self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval)
         else:
             self.engine = SecondaryEngine(*common)
         self.engine.publish()

@@ -1,4 +1,4 @@
-"""``make demo``'s program runs to its PASSED line against real QEMU."""
+"""``make demo``'s program runs to its PASSED line against real QEMU and two real daemons."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from tests.rig import ScratchTestCase
 
 class DemoTests(ScratchTestCase):
     def test_demo_passes(self) -> None:
-        """The demo exits 0 and ends with its one-line summary."""
+        """The demo exits 0, ends with its one-line summary, and showed checkpoints and a takeover."""
         out = subprocess.run(
             [sys.executable, "-m", "colod.demo", "--workdir", str(self.workdir)],
             capture_output=True, text=True, timeout=120,
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-        self.assertTrue(out.stdout.splitlines()[-1].startswith("demo: PASSED"), out.stdout)
-        self.assertIn("connected to QEMU 7.2", out.stdout)
+        self.assertTrue(out.stdout.splitlines()[-1].startswith("demo: PASSED: "), out.stdout)
+        self.assertIn("demo: checkpoints ", out.stdout)
+        self.assertIn("the secondary took over", out.stdout)
+        self.assertIn("memory and disk match", out.stdout)

@@ -46,6 +46,7 @@ from colod.protocol import (
     type_name,
 )
 from colod.protocol.peer import IPeerLinkObserver, PeerLink
+from colod.qmp import QMPConnection, QMPDisconnected
 
 
 class ProtocolViolation(Exception):
@@ -79,11 +80,12 @@ class EngineCore:
     role: str
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile) -> None:
+                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection) -> None:
         self.domain = domain
         self.node = node
         self.guest = guest
         self.devices = devices
+        self.qmp = qmp
         self.clock = clock
         self.status_file = status
         self.state = "starting"
@@ -120,7 +122,12 @@ class EngineCore:
             if epoch != self._epoch:
                 self.log.warn("domain {domain}: a step cut short by the peer's loss failed too: {why}",
                               domain=self.domain.name, why=failure.getErrorMessage())
-            self._feed(epoch, lambda: self.step_failed(failure))  # type: ignore[attr-defined]
+            if failure.check(QMPDisconnected) or not self.qmp.connected:
+                # Not a failure of the step: the guest's QEMU is gone (the
+                # connection's own loss may be reported a moment later).
+                self._feed(epoch, lambda: self.qemu_lost(failure.getErrorMessage()))  # type: ignore[attr-defined]
+            else:
+                self._feed(epoch, lambda: self.step_failed(failure))  # type: ignore[attr-defined]
 
         self._tail.addCallback(start)
 

@@ -69,10 +69,9 @@ class PrimaryEngine(EngineCore):
     setTrace = _machine._setTrace
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, *, interval: float, qmp: QMPConnection) -> None:
-        super().__init__(domain, node, guest, devices, clock, status)
+                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection, *, interval: float) -> None:
+        super().__init__(domain, node, guest, devices, clock, status, qmp)
         self.interval = interval
-        self._qmp = qmp
         self._timer: IDelayedCall | None = None
         self._requested: list[Deferred[int]] = []
         self._in_flight: list[Deferred[int]] = []
@@ -424,11 +423,11 @@ class PrimaryEngine(EngineCore):
             link.sendRecord(record)
 
     def _begin_pause(self) -> None:
-        self._pause_began = (time.perf_counter(), self._qmp.busy_seconds, self.guest.copy_seconds)
+        self._pause_began = (time.perf_counter(), self.qmp.busy_seconds, self.guest.copy_seconds)
 
     def _end_pause(self) -> None:
         began, qmp, copy = self._pause_began
-        self.pauses.add(Pause(time.perf_counter() - began, self._qmp.busy_seconds - qmp,
+        self.pauses.add(Pause(time.perf_counter() - began, self.qmp.busy_seconds - qmp,
                               self.guest.copy_seconds - copy))
 
     def _end(self, error: str, code: ReplicationEndReason) -> None:

@@ -42,6 +42,7 @@ from colod.protocol import (
     ReplicationEndReason,
     StreamError,
 )
+from colod.qmp import QMPConnection
 
 #: Reasons the link ended that mean the primary may still run its guest.
 _NO_TAKEOVER = (PeerEndedReplication, ProtocolViolation, StreamError, HandshakeError)
@@ -55,8 +56,8 @@ class SecondaryEngine(EngineCore):
     setTrace = _machine._setTrace
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile) -> None:
-        super().__init__(domain, node, guest, devices, clock, status)
+                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection) -> None:
+        super().__init__(domain, node, guest, devices, clock, status, qmp)
         self._buffer: list[Record] = []
         self._first = True
         self.state = "waiting_for_primary"

@@ -52,10 +52,11 @@ class EnginePairTestCase(ReplicationTestCase):
             guest = QemuGuest(role, DeviceModelEngine(side.qmp, self.workdir / f"{role}-state", reactor),
                               str(path), reactor, timeout=TIMEOUT)
             self.addCleanup(guest.close)
-            common = (side.domain, role, guest, side.group, reactor, StatusFile(self.workdir / role))
+            common = (side.domain, role, guest, side.group, reactor, StatusFile(self.workdir / role),
+                      side.qmp)
             engine: EngineCore
             if role == "primary":
-                engine = PrimaryEngine(*common, interval=interval, qmp=side.qmp)
+                engine = PrimaryEngine(*common, interval=interval)
             else:
                 engine = SecondaryEngine(*common)
             nodes[role] = Node(side, image, engine)

@@ -1,0 +1,443 @@
+# -*- test-case-name: tests.engine,tests.test_demo -*-
+"""A primary and a secondary colod on this one machine: the lab behind ``make demo`` and the engine tests.
+
+Each node has its own directory with its disk (filled with a known byte), its
+overlays, its memory image, its configuration, a QEMU started from what
+``colod qemu-args`` prints, and a ``twistd colod`` daemon.  The guest writer
+(colod.guest.writer) plays the guest on the primary, so any node's disk and
+memory image can be checked against what it had done.
+
+The lab sets up, starts, kills and looks; close() reaps every process it
+started.  Every wait has a deadline and is a Poll: Poll.wait() blocks (the
+demo), Poll.attempt() lets a caller wait on its reactor instead (the tests,
+whose link proxy must keep running meanwhile).  Processes are started with a
+parent-death signal, which Linux sends when the starting *thread* ends: start
+them from the main thread.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from colod.guest.memory_image import MemoryImage
+from colod.guest.writer import Header, QMPClient, Verdict, verify
+from colod.protocol.wire import PAGE_SIZE
+from colod.qemu_process import QemuProcess, _die_with_parent
+
+BIN = Path(sys.executable).parent
+MiB = 1 << 20
+#: The byte every disk starts filled with, on both nodes.
+DISK_BASE = 0x11
+#: The guest disk's node on both sides (the writer writes through it on the primary).
+QUORUM_NODE = "colo-disk0"
+#: Seconds between two looks of a Poll.
+POLL_INTERVAL = 0.02
+#: Seconds a daemon or the writer gets to exit on SIGTERM before it is killed.
+STOP_TIMEOUT = 10.0
+#: Seconds one QMP command of the lab's own monitor may take.
+QMP_TIMEOUT = 5.0
+#: Lines of a daemon's log quoted when a wait on it fails.
+LOG_TAIL = 15
+
+T = TypeVar("T")
+
+
+class LabError(Exception):
+    """Something the lab waited for did not happen in time, or a process it needs died."""
+
+
+@attrs.define
+class Poll(Generic[T]):
+    """A condition to wait for, with a deadline counted from ``started``."""
+
+    check: Callable[[], T | None]
+    timeout: float
+    what: str
+    #: What to add to the failure message (e.g. the last status seen and a log tail).
+    context: Callable[[], str] = lambda: ""
+    started: float = attrs.field(factory=time.monotonic)
+
+    def attempt(self) -> T | None:
+        """The condition's value once it holds, None before.  @raise LabError: past the deadline."""
+        found = self.check()
+        if found is None and time.monotonic() - self.started > self.timeout:
+            raise LabError(f"{self.what}: not within {self.timeout:g} s{self.context()}")
+        return found
+
+    def wait(self) -> T:
+        """Block until the condition holds."""
+        while (found := self.attempt()) is None:
+            time.sleep(POLL_INTERVAL)
+        return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on TCP ``port``; read from /proc, so no probe connection disturbs it."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _, local, _, state, *_ = line.split()
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+            return True
+    return False
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"\n({path.name} does not exist)"
+    return "".join(f"\n  {path.name}: {line}" for line in lines[-LOG_TAIL:])
+
+
+def _terminate(process: subprocess.Popen[bytes] | None) -> int | None:
+    """SIGTERM (after SIGCONT, in case it was stopped), then SIGKILL past the deadline; reaps it."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def _kill(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL, at once, and reap."""
+    if process is not None:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+class _File:
+    """A file in a node's directory, named once: ``node.disk`` is ``node.dir / "disk.raw"``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, node: Node, owner: type[Node]) -> Path:
+        return node.dir / self.name
+
+
+@attrs.define
+class Node:
+    """One node: its files, its QEMU and its daemon.  ``role`` is the role it starts in."""
+
+    role: str
+    name: str
+    dir: Path
+    domain: str
+    qemu: QemuProcess | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+
+    config = _File("colod.toml")
+    log = _File("colod.log")
+    #: The daemon's stdout and stderr: what it says before its log opens.
+    output = _File("colod.out")
+    disk = _File("disk.raw")
+    active = _File("active.qcow2")
+    hidden = _File("hidden.qcow2")
+    memory = _File("memory.img")
+    state_dir = _File("state")
+    qmp_socket = _File("qemu.qmp")
+    #: The lab's own QMP monitor (query-status), so that it never competes with colod or the writer.
+    monitor = _File("lab.qmp")
+    #: The primary's second monitor, for the writer.
+    writer_monitor = _File("writer.qmp")
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / self.domain / "status.json"
+
+    def status(self) -> dict[str, Any] | None:
+        """The daemon's status.json; None while there is none (or, defensively, only part of one)."""
+        try:
+            return json.loads(self.status_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def logs(self) -> str:
+        """What the daemon said: its stdout and stderr, then its log."""
+        return "".join(p.read_text(errors="replace") for p in (self.output, self.log) if p.exists())
+
+    def start_qemu(self, args: list[str]) -> None:
+        """Start QEMU with ``args`` (from ``colod qemu-args``) and the lab's (and the writer's) monitors."""
+        monitors = {"lab": self.monitor}
+        if self.role == "primary":
+            monitors["writer"] = self.writer_monitor
+        for name, path in monitors.items():
+            args = [*args, "-chardev", f"socket,id={name},path={path},server=on,wait=off",
+                    "-mon", f"chardev={name},mode=control"]
+        self.qemu = QemuProcess(self.dir, "qemu", args, machine="pc")
+        assert self.qemu.qmp_socket == str(self.qmp_socket)
+        self.qemu.start()
+
+    def qemu_status(self) -> str:
+        """QEMU's run state (``running``, ``paused``, ...) from the lab's monitor."""
+        with closing(QMPClient(str(self.monitor), QMP_TIMEOUT)) as qmp:
+            return str(qmp.execute("query-status")["status"])
+
+    def start_daemon(self) -> None:
+        command = [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={self.log}", "colod",
+                   "--config", str(self.config)]
+        with open(self.output, "ab") as out:
+            self.daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                           stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+    def daemon_running(self) -> bool:
+        return self.daemon is not None and self.daemon.poll() is None
+
+    def signal_daemon(self, signum: int) -> None:
+        """Signal the daemon (SIGSTOP makes it a silent peer)."""
+        if self.daemon_running():
+            self.daemon.send_signal(signum)
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon: a crash, or part of a host loss."""
+        _kill(self.daemon)
+
+    def stop_daemon(self) -> int | None:
+        """Stop the daemon as an admin would (SIGTERM); returns its exit status."""
+        return _terminate(self.daemon)
+
+    def kill_qemu(self) -> None:
+        """SIGKILL QEMU: the device model crashed, or its host is gone."""
+        if self.qemu is not None:
+            self.qemu.kill()
+
+    def stop(self) -> None:
+        """Stop the daemon, then QEMU, whatever state they are in."""
+        self.stop_daemon()
+        if self.qemu is not None:
+            self.qemu.stop()
+
+    def context(self) -> str:
+        """For failure messages: the last status and the end of the daemon's log."""
+        alive = "running" if self.daemon_running() else "not running"
+        return (f"\n{self.name} ({self.role}) daemon {alive}; last status: {self.status()}"
+                + _tail(self.output) + _tail(self.log))
+
+
+@attrs.define
+class Lab:
+    """Two nodes on this machine, a primary and a secondary, and the writer playing the primary's guest."""
+
+    workdir: Path
+    domain: str = "lab"
+    checkpoint_interval: float = 0.02
+    heartbeat_interval: float = 0.25
+    heartbeat_timeout: float = 1.5
+    disk_size: int = 8 * MiB
+    memory_pages: int = 1024
+    seed: int = 1
+    #: Where the secondary listens for the primary's link.
+    secondary_port: int = attrs.field(factory=free_port)
+    nbd_port: int = attrs.field(factory=free_port)
+    primary: Node = attrs.field(init=False)
+    secondary: Node = attrs.field(init=False)
+    writer: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self.primary = Node("primary", "host-a", self.workdir / "primary", self.domain)
+        self.secondary = Node("secondary", "host-b", self.workdir / "secondary", self.domain)
+
+    @property
+    def nodes(self) -> tuple[Node, Node]:
+        return self.primary, self.secondary
+
+    @property
+    def writer_log(self) -> Path:
+        return self.workdir / "writer.log"
+
+    # --- setting up --------------------------------------------------------
+
+    def prepare(self, link_port: int | None = None) -> None:
+        """Identical disks, empty overlays and memory images, and both configurations.
+
+        The primary connects to ``link_port`` (a proxy in between) or straight to the secondary.
+        """
+        for node in self.nodes:
+            node.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(node.disk, "wb") as disk:
+                for _ in range(0, self.disk_size, MiB):
+                    disk.write(bytes([DISK_BASE]) * MiB)
+                disk.truncate(self.disk_size)
+            for overlay in (node.active, node.hidden):
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(overlay), str(self.disk_size)],
+                               check=True, timeout=30)
+            MemoryImage.create(node.memory, self.memory_pages).close()
+        self.primary.config.write_text(self._config(
+            self.primary, self.secondary,
+            f'connect = "tcp:host=127.0.0.1:port={link_port or self.secondary_port}:timeout=5"'))
+        self.secondary.config.write_text(self._config(
+            self.secondary, self.primary, f'listen = "tcp:{self.secondary_port}:interface=127.0.0.1"'))
+
+    def _config(self, node: Node, peer: Node, link: str) -> str:
+        return f"""\
+[colod]
+role = "{node.role}"
+node_name = "{node.name}"
+state_dir = "{node.state_dir}"
+control_socket = "{node.dir}/control.sock"
+checkpoint_interval = {self.checkpoint_interval}
+
+[peer]
+{link}
+node_name = "{peer.name}"
+heartbeat_interval = {self.heartbeat_interval}
+heartbeat_timeout = {self.heartbeat_timeout}
+
+[[domain]]
+name = "{self.domain}"
+qmp_socket = "{node.qmp_socket}"
+nbd_host = "127.0.0.1"
+nbd_port = {self.nbd_port}
+memory_image = "{node.memory}"
+
+[[domain.disk]]
+name = "xvda"
+quorum_node = "{QUORUM_NODE}"
+image = "{node.disk}"
+format = "raw"
+export_name = "{self.domain}-xvda"
+active_image = "{node.active}"
+hidden_image = "{node.hidden}"
+"""
+
+    def qemu_args(self, node: Node) -> list[str]:
+        """What ``colod qemu-args`` prints for ``node``, split as a shell would."""
+        command = [str(BIN / "colod"), "qemu-args", "--role", node.role, "--config", str(node.config)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        if done.returncode:
+            raise LabError(f"colod qemu-args for {node.name} failed: {done.stderr.strip()}")
+        return shlex.split(done.stdout)
+
+    def start_qemus(self) -> None:
+        for node in self.nodes:
+            node.start_qemu(self.qemu_args(node))
+
+    def start_daemons(self, timeout: float = 20.0) -> None:
+        """The secondary first, and the primary once the secondary listens."""
+        self.secondary.start_daemon()
+        Poll(lambda: listening(self.secondary_port) or None, timeout,
+             f"the secondary listening on port {self.secondary_port}", self.secondary.context).wait()
+        self.primary.start_daemon()
+
+    # --- looking -----------------------------------------------------------
+
+    def until(self, node: Node, predicate: Callable[[dict[str, Any]], object], timeout: float, what: str,
+              started: float | None = None) -> Poll[dict[str, Any]]:
+        """Wait for ``node``'s status to satisfy ``predicate``; fails at once if its daemon exits.
+
+        A failure quotes both nodes' status and log: a node's trouble often starts at its peer.
+        """
+
+        def check() -> dict[str, Any] | None:
+            status = node.status()
+            if status is not None and predicate(status):
+                return status
+            if not node.daemon_running():
+                raise LabError(f"{what}: the {node.role}'s daemon exited{node.context()}")
+            return None
+
+        other = self.secondary if node is self.primary else self.primary
+        return Poll(check, timeout, f"{what} ({node.name})", lambda: node.context() + other.context(),
+                    time.monotonic() if started is None else started)
+
+    def until_protected(self, timeout: float = 60.0) -> Poll[dict[str, Any]]:
+        return self.until(self.primary, lambda s: s["protected"], timeout, "first checkpoint")
+
+    def until_checkpoints(self, count: int, timeout: float) -> Poll[dict[str, Any]]:
+        return self.until(self.primary, lambda s: s["checkpoints"] >= count, timeout, f"{count} checkpoints")
+
+    # --- the guest ---------------------------------------------------------
+
+    def start_writer(self, interval: float = 0.0) -> None:
+        """Start the writer on the primary: only once protected, since colod does not copy disks."""
+        command = [sys.executable, "-m", "colod.guest.writer", "run", "--image", str(self.primary.memory),
+                   "--qmp", str(self.primary.writer_monitor), "--node", QUORUM_NODE,
+                   "--disk-size", str(self.disk_size), "--seed", str(self.seed), "--interval", str(interval)]
+        with open(self.writer_log, "ab") as out:
+            self.writer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                           stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+    def stop_writer(self) -> int | None:
+        """Stop the writer between two operations; returns its exit status (1 if its QEMU was gone)."""
+        return _terminate(self.writer)
+
+    def kill_writer(self) -> None:
+        _kill(self.writer)
+
+    def ops(self) -> int:
+        """The writer's completed operations, as the primary's memory image holds them."""
+        with open(self.primary.memory, "rb") as image:
+            header = Header.unpack(image.read(PAGE_SIZE))
+        return header.ops if header else 0
+
+    def ops_floor(self, timeout: float = 10.0) -> Poll[int]:
+        """The writer's operations now, once two more checkpoints completed: each later checkpoint holds them.
+
+        The completed checkpoints are counted before the operations are read,
+        so the second checkpoint after that count began after the read, with
+        the guest suspended and at least that many operations done.
+        """
+        checkpoints = self.primary.status()["checkpoints"]
+        floor = self.ops()
+        reached = self.until_checkpoints(checkpoints + 2, timeout)
+        return Poll(lambda: floor if reached.check() is not None else None,
+                    timeout, reached.what, reached.context)
+
+    def until_ops(self, count: int, timeout: float) -> Poll[int]:
+        """Wait until the writer has done ``count`` operations on the primary."""
+        return Poll(lambda: ops if (ops := self.ops()) >= count else None, timeout,
+                    f"{count} writer operations", lambda: _tail(self.writer_log))
+
+    def verify(self, node: Node) -> Verdict:
+        """Whether ``node``'s disk and memory image are the writer's state after the ops they count."""
+        return verify(node.memory, node.disk, DISK_BASE, self.seed)
+
+    def differences(self) -> list[str]:
+        """Where the two nodes' disk and memory images differ; empty when they are byte for byte equal."""
+        found = []
+        for what in ("disk", "memory"):
+            a, b = (getattr(node, what).read_bytes() for node in self.nodes)
+            if a != b:
+                pairs = enumerate(zip(a, b, strict=False))
+                at = next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+                found.append(f"{what} images differ first at offset {at:#x} (sizes {len(a)}, {len(b)})")
+        return found
+
+    # --- failures ----------------------------------------------------------
+
+    def lose_primary_host(self) -> None:
+        """The primary's host dies: its guest (the writer), its QEMU and its daemon, at once."""
+        self.kill_writer()
+        self.primary.kill_qemu()
+        self.primary.kill_daemon()
+
+    def close(self) -> None:
+        """Stop everything the lab started, whatever state it is in."""
+        self.stop_writer()
+        for node in self.nodes:
+            node.stop()

@@ -1,0 +1,332 @@
+"""The engine tests' cluster: a lab (colod.lab) per test, always reaped, and a fault-injecting link proxy.
+
+The proxy sits on the peer link: the primary connects to it and it connects to
+the secondary.  It cuts each direction at record boundaries (the colod hello,
+then the records, read with the stream codec) so that a test can act exactly
+when a given record passes: kill a process before or after the record is
+forwarded, hold one direction back, or inject bytes at a record boundary.
+Otherwise every byte goes through unchanged, and once a direction stops
+parsing (after garbage, say) its bytes still go through.
+
+The lab's waits are Polls; wait() drives them on the reactor, so that the
+proxy keeps forwarding while a test waits.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IListeningPort, ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from colod.guest.writer import Verdict
+from colod.lab import POLL_INTERVAL, Lab, Poll
+from colod.protocol import (
+    CLOSED,
+    NEED_DATA,
+    Channel,
+    CheckpointId,
+    CheckpointState,
+    Decoder,
+    DomainHeader,
+    Frame,
+    HandshakeError,
+    ImageHeader,
+    Record,
+    StreamError,
+    StreamHeader,
+)
+from colod.protocol.handshake import Hello
+from colod.protocol.wire import RECORD_HEADER, padding
+from colod.protocol.writers import write_record
+from tests.rig import ScratchTestCase, sleep
+
+T = TypeVar("T")
+
+#: What passes the proxy: a hello, a record, or None for bytes passed on unparsed.
+Piece = Hello | Record | None
+Match = Callable[[Piece], bool]
+
+#: A record header claiming a body over 128 MiB: refused as soon as it is read, in either namespace.
+GARBAGE = b"\xa5" * 16
+#: The writer's pause between operations in the engine tests: busy, yet leaving the 2 CPUs some air.
+WRITER_INTERVAL = 0.002
+
+
+class Direction(enum.Enum):
+    """A direction of the peer link, by the channel it carries."""
+
+    MAIN = Channel.MAIN  # primary to secondary
+    BACK = Channel.BACK  # secondary to primary
+
+
+def checkpoint_state(checkpoint_id: CheckpointId) -> Match:
+    """Matches CHECKPOINT_STATE(checkpoint_id)."""
+    return lambda piece: isinstance(piece, CheckpointState) and piece.id == checkpoint_id
+
+
+def record_of(kind: type) -> Match:
+    """Matches records of class ``kind``."""
+    return lambda piece: isinstance(piece, kind)
+
+
+def wire(record: Record) -> bytes:
+    """``record`` as it goes on the wire, wherever the stream is (so it can be wrong for the state)."""
+    return b"".join(write_record(record))
+
+
+async def wait(poll: Poll[T]) -> T:
+    """Wait for ``poll`` on the reactor: the proxy keeps running meanwhile."""
+    while (found := poll.attempt()) is None:
+        await sleep(POLL_INTERVAL)
+    return found
+
+
+def _end(record: Record, frame: Frame) -> int:
+    """The stream offset just past ``record``, from the decoder's frame of it."""
+    if isinstance(record, StreamHeader | ImageHeader | DomainHeader):
+        return frame.offset + frame.length  # a fixed header: the frame is the whole of it
+    return frame.offset + RECORD_HEADER.size + frame.length + padding(frame.length)
+
+
+class RecordCutter:
+    """Cuts one direction of the link into its hello and its records, sans-IO.
+
+    @ivar error: why the bytes stopped parsing; from then on they are handed out unread.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self._decoder = Decoder(channel)
+        self._pending = bytearray()  # received, not yet handed out
+        self._at = 0  # the stream offset (after the hello) of _pending[0]
+        self.hello: Hello | None = None
+        self.error: Exception | None = None
+
+    def feed(self, data: bytes) -> list[tuple[Piece, bytes]]:
+        """The pieces ``data`` completes, each with its bytes, in stream order."""
+        self._pending += data
+        if self.error is not None:
+            return self.rest()
+        pieces: list[tuple[Piece, bytes]] = []
+        try:
+            if self.hello is None:
+                parsed = Hello.parse(bytes(self._pending))
+                if parsed is None:
+                    return pieces
+                self.hello, size = parsed
+                pieces.append((self.hello, self._take(size)))
+                data = bytes(self._pending)  # what followed the hello is the stream's
+            if data:
+                self._decoder.receive_data(data)
+            while (record := self._decoder.next_record()) is not NEED_DATA and record is not CLOSED:
+                end = _end(record, self._decoder.last_frame)
+                pieces.append((record, self._take(end - self._at)))
+                self._at = end
+        except (HandshakeError, StreamError) as error:
+            self.error = error
+            pieces += self.rest()
+        return pieces
+
+    def rest(self) -> list[tuple[Piece, bytes]]:
+        """The bytes received but not handed out (a record cut short), unparsed."""
+        return [(None, self._take(len(self._pending)))] if self._pending else []
+
+    def _take(self, size: int) -> bytes:
+        taken = bytes(self._pending[:size])
+        del self._pending[:size]
+        return taken
+
+
+@attrs.define
+class _Trigger:
+    """An action waiting for a piece to pass (LinkProxy.when)."""
+
+    direction: Direction
+    match: Match
+    action: Callable[[], object]
+    before: bool
+    fired: Deferred[Piece] = attrs.field(factory=Deferred)
+
+
+class _Pipe:
+    """One direction of a proxied connection: cut, shown to the triggers, forwarded unless held."""
+
+    def __init__(self, proxy: LinkProxy, direction: Direction) -> None:
+        self._proxy = proxy
+        self.direction = direction
+        self._cutter = RecordCutter(direction.value)
+        self._queue: list[bytes] = []
+        self._closed = False
+        self.destination: ITransport | None = None
+
+    def received(self, data: bytes) -> None:
+        for piece, chunk in self._cutter.feed(data):
+            self._proxy.passing(self.direction, piece, before=True)
+            self.send(chunk)
+            self._proxy.passing(self.direction, piece, before=False)
+
+    def send(self, chunk: bytes) -> None:
+        self._queue.append(chunk)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what waits unless held, once connected; close after the source did (held bytes are lost)."""
+        if self.destination is None:
+            return
+        if self.direction not in self._proxy.held:
+            self.destination.writeSequence(self._queue)
+            self._queue = []
+        if self._closed:
+            self.destination.loseConnection()
+
+    def connected(self, destination: ITransport) -> None:
+        self.destination = destination
+        self.flush()
+
+    def source_closed(self) -> None:
+        """Pass on what arrived of a record cut short, as TCP would, then close the destination."""
+        self._queue += [chunk for _, chunk in self._cutter.rest()]
+        self._closed = True
+        self.flush()
+
+
+class _PrimarySide(Protocol):
+    """The connection from the primary."""
+
+    def __init__(self, proxy: LinkProxy) -> None:
+        self.proxy = proxy
+        self.main = _Pipe(proxy, Direction.MAIN)
+        self.back = _Pipe(proxy, Direction.BACK)
+
+    def connectionMade(self) -> None:
+        self.proxy.pipes = {Direction.MAIN: self.main, Direction.BACK: self.back}
+        self.back.connected(self.transport)
+        secondary = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target_port, timeout=5)
+        d = secondary.connect(Factory.forProtocol(lambda: _SecondarySide(self)))
+        d.addErrback(lambda _: self.transport.loseConnection())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.main.received(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.main.source_closed()
+
+
+class _SecondarySide(Protocol):
+    """The proxy's connection to the secondary."""
+
+    def __init__(self, primary: _PrimarySide) -> None:
+        self.primary = primary
+
+    def connectionMade(self) -> None:
+        self.primary.main.connected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.primary.back.received(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.primary.back.source_closed()
+
+
+class LinkProxy:
+    """A TCP proxy for the peer link that forwards record by record and injects faults on request.
+
+    It serves the latest connection from the primary (a reconnection replaces
+    it); holds and triggers outlive connections.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.held: set[Direction] = set()
+        self.pipes: dict[Direction, _Pipe] = {}
+        self._triggers: list[_Trigger] = []
+        self._listening: IListeningPort | None = None
+
+    def listen(self) -> int:
+        """Listen on 127.0.0.1; returns the port for the primary's configuration."""
+        self._listening = reactor.listenTCP(0, Factory.forProtocol(lambda: _PrimarySide(self)),
+                                            interface="127.0.0.1")
+        return int(self._listening.getHost().port)
+
+    def close(self) -> Deferred[None] | None:
+        """Stop listening and cut the connections at once."""
+        for pipe in self.pipes.values():
+            if pipe.destination is not None:
+                pipe.destination.abortConnection()
+        return self._listening.stopListening() if self._listening is not None else None
+
+    def hold(self, direction: Direction) -> None:
+        """Stop forwarding ``direction``: its bytes wait (its heartbeats too) until release()."""
+        self.held.add(direction)
+
+    def release(self, direction: Direction) -> None:
+        self.held.discard(direction)
+        if direction in self.pipes:
+            self.pipes[direction].flush()
+
+    def inject(self, direction: Direction, data: bytes) -> None:
+        """Send ``data`` on ``direction`` now, at the record boundary where it stands."""
+        self.pipes[direction].send(data)
+
+    def when(self, direction: Direction, match: Match, action: Callable[[], object], *,
+             before: bool = False) -> Deferred[Piece]:
+        """Run ``action`` once, as the next piece that ``match``es passes on ``direction``.
+
+        ``before``: run it before the piece is forwarded (else right after).
+        The Deferred fires with the piece a moment later, off the proxy's call stack.
+        """
+        trigger = _Trigger(direction, match, action, before)
+        self._triggers.append(trigger)
+        return trigger.fired
+
+    def passing(self, direction: Direction, piece: Piece, before: bool) -> None:
+        """Run (once) the triggers that wait for ``piece`` at this moment of its passing."""
+        for trigger in list(self._triggers):
+            if trigger.direction is direction and trigger.before is before and trigger.match(piece):
+                self._triggers.remove(trigger)
+                done = maybeDeferred(trigger.action).addCallback(lambda _, piece=piece: piece)
+                reactor.callLater(0, done.chainDeferred, trigger.fired)
+
+
+class ClusterTestCase(ScratchTestCase):
+    """Runs a lab (and the proxy, if asked) per test, and always reaps its processes."""
+
+    #: Seconds trial gives one test: a few QEMU and daemon starts, and some hundred checkpoints.
+    timeout = 240
+
+    lab: Lab
+    proxy: LinkProxy
+
+    async def start_cluster(self, *, proxy: bool = False, **settings: Any) -> Lab:
+        """Both nodes up and protected, and the writer running on the primary."""
+        self.lab = lab = Lab(self.workdir, **settings)
+        self.addCleanup(lab.close)
+        link_port = None
+        if proxy:
+            self.proxy = LinkProxy(lab.secondary_port)
+            link_port = self.proxy.listen()
+            self.addCleanup(self.proxy.close)
+        lab.prepare(link_port)
+        lab.start_qemus()
+        lab.start_daemons()
+        await wait(lab.until_protected())
+        lab.start_writer(WRITER_INTERVAL)
+        await wait(lab.until_ops(1, 10.0))
+        return lab
+
+    async def assertGuestRuns(self, ops_more: int = 20, timeout: float = 10.0) -> None:
+        """The primary's QEMU runs and the writer keeps making progress there."""
+        self.assertEqual(self.lab.primary.qemu_status(), "running")
+        await wait(self.lab.until_ops(self.lab.ops() + ops_more, timeout))
+
+    def assertVerified(self, verdict: Verdict, floor: int = 0) -> None:
+        """A writer verdict that holds, and holds at least ``floor`` operations."""
+        self.assertTrue(verdict.ok, verdict.summary)
+        self.assertGreaterEqual(verdict.ops, floor, verdict.summary)
