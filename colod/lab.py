@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -148,6 +150,8 @@ class Node:
     name: str
     dir: Path
     domain: str
+    #: On tmpfs, as the example configuration advises: the overlays, which every checkpoint empties.
+    fast_dir: Path
     qemu: QemuProcess | None = None
     daemon: subprocess.Popen[bytes] | None = None
 
@@ -156,8 +160,6 @@ class Node:
     #: The daemon's stdout and stderr: what it says before its log opens.
     output = _File("colod.out")
     disk = _File("disk.raw")
-    active = _File("active.qcow2")
-    hidden = _File("hidden.qcow2")
     memory = _File("memory.img")
     state_dir = _File("state")
     qmp_socket = _File("qemu.qmp")
@@ -165,6 +167,14 @@ class Node:
     monitor = _File("lab.qmp")
     #: The primary's second monitor, for the writer.
     writer_monitor = _File("writer.qmp")
+
+    @property
+    def active(self) -> Path:
+        return self.fast_dir / f"{self.name}-active.qcow2"
+
+    @property
+    def hidden(self) -> Path:
+        return self.fast_dir / f"{self.name}-hidden.qcow2"
 
     @property
     def status_path(self) -> Path:
@@ -257,10 +267,13 @@ class Lab:
     primary: Node = attrs.field(init=False)
     secondary: Node = attrs.field(init=False)
     writer: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
+    fast_dir: Path = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.primary = Node("primary", "host-a", self.workdir / "primary", self.domain)
-        self.secondary = Node("secondary", "host-b", self.workdir / "secondary", self.domain)
+        shm = Path("/dev/shm")
+        self.fast_dir = Path(tempfile.mkdtemp(prefix="colod-lab-", dir=shm if shm.is_dir() else self.workdir))
+        self.primary = Node("primary", "host-a", self.workdir / "primary", self.domain, self.fast_dir)
+        self.secondary = Node("secondary", "host-b", self.workdir / "secondary", self.domain, self.fast_dir)
 
     @property
     def nodes(self) -> tuple[Node, Node]:
@@ -441,3 +454,4 @@ hidden_image = "{node.hidden}"
         self.stop_writer()
         for node in self.nodes:
             node.stop()
+        shutil.rmtree(self.fast_dir, ignore_errors=True)

@@ -102,9 +102,6 @@ class EngineCore:
     # -- the machine's surroundings ------------------------------------------
 
     def _traced(self, old: str, event: str, new: str) -> None:
-        if new != old:
-            self.log.debug("domain {domain}: {old} --{event}--> {new}",
-                           domain=self.domain.name, old=old, event=event, new=new)
         self.state = new
 
     def run_step(self, step: Callable[[], Deferred[Any]], done: Callable[[], None]) -> None:

@@ -19,6 +19,7 @@ detached, the guest resumes if it was suspended, and runs on unprotected.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from automat import MethodicalMachine
 from twisted.internet.defer import Deferred
@@ -78,6 +79,7 @@ class PrimaryEngine(EngineCore):
         self._first = True
         self._suspended = False
         self._secondary_dirty = CheckpointDirtyPfnList()
+        self._emulator: Sequence[Record] = ()
         self._pause_began = (0.0, 0.0, 0.0)
         self.state = "waiting_for_secondary"
 
@@ -411,15 +413,17 @@ class PrimaryEngine(EngineCore):
         self.secondary_lost(reason)
 
     async def _suspend_guest(self) -> None:
+        """Suspend and save the device model's state, as Xen's suspend callback does: the
+        secondary is suspending meanwhile, so this is off the checkpoint's critical path."""
         self._suspended = True
         await self.guest.suspend()
+        self._emulator = await self.guest.emulator_records()
 
-    async def _send_checkpoint_records(self, records: list[Record] | tuple[Record, ...]) -> None:
-        emulator = await self.guest.emulator_records()
+    async def _send_checkpoint_records(self, records: Sequence[Record]) -> None:
         link = self.link
         if link is None:
             raise ConnectionError("the link closed while the checkpoint was being sent")
-        for record in (*records, Checkpoint(), *emulator, CheckpointEnd()):
+        for record in (*records, Checkpoint(), *self._emulator, CheckpointEnd()):
             link.sendRecord(record)
 
     def _begin_pause(self) -> None:

@@ -49,7 +49,8 @@ _FD_NAME = "colod-device-state"
 
 LOAD_POLICY = (
     "device state is kept at every checkpoint and loaded once, at failover, through an incoming "
-    "migration when QEMU waits with -incoming defer (xen-load-devices-state would abort QEMU)"
+    "migration if QEMU waits with -incoming defer; xen-load-devices-state would abort QEMU, and "
+    "with replicated disks (no -incoming) the guest resumes on the device model's own state"
 )
 NOT_LOADABLE = (
     "QEMU is not waiting for an incoming migration (replicated disks rule out -incoming), and "
@@ -76,7 +77,9 @@ class DeviceModelEngine:
         self._staged: Path = self._state_dir / "device-state"
         self._loaded = False
         version = qmp.info.version if qmp.info is not None else "(version not probed)"
-        self.log.info("QEMU {version}: {policy}", version=version, policy=LOAD_POLICY)
+        #: What happens to the device state on this QEMU, for the log and the status file.
+        self.policy = f"QEMU {version}: {LOAD_POLICY}"
+        self.log.info("{policy}", policy=self.policy)
 
     @property
     def staged_state(self) -> Path:

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from colod.guest.device_model import LOAD_POLICY, DeviceModelEngine
+from colod.guest.device_model import DeviceModelEngine
 from colod.guest.interfaces import IGuestEngine
 from colod.guest.memory_image import MemoryImage, MemoryImageEngine, RunControl
 from colod.protocol import CheckpointDirtyPfnList, EmulatorContext, PageData, Record
@@ -53,7 +53,7 @@ class QemuGuest:
         #: Seconds spent copying guest pages (building or applying PAGE_DATA).
         self.copy_seconds = 0.0
         memory = f"memory image {memory_image}" if memory_image else "no guest memory (disk-only)"
-        self.description = f"QEMU device model, {memory}; {LOAD_POLICY}"
+        self.description = f"{memory}; device model {device_model.policy}"
 
     def close(self) -> None:
         if self._memory is not None:
