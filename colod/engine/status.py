@@ -33,7 +33,12 @@ class Pause:
 
     @property
     def colod_share(self) -> float:
-        """Time that was neither QEMU answering QMP nor copying pages: colod's own work."""
+        """Time that was neither this node's QEMU answering QMP nor copying pages here.
+
+        On the primary that is colod's own work *and* the wait for the
+        secondary (its QMP calls and page applying included):
+        bench/checkpoint.py, which sees both nodes, separates them.
+        """
         return max(0.0, self.seconds - self.in_qemu - self.copying)
 
 

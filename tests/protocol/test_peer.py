@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from twisted.internet import reactor
@@ -44,7 +45,14 @@ from colod.protocol.handshake import (
     RoleMismatch,
     VersionMismatch,
 )
-from colod.protocol.peer import IPeerLinkObserver, LinkNotOpen, LinkTiming, PeerLink, PeerLinkFactory
+from colod.protocol.peer import (
+    READ_SIZE,
+    IPeerLinkObserver,
+    LinkNotOpen,
+    LinkTiming,
+    PeerLink,
+    PeerLinkFactory,
+)
 
 from .streams import encode, pages
 
@@ -252,6 +260,15 @@ class PeerLinkTests(TestCase):
         yield wait_for(lambda: len(self.secondary.records) == 4 and len(self.primary.records) == 4)
         self.assertEqual(self.secondary.records, [StreamHeader(), *sent])
         self.assertEqual(self.primary.records, back)
+
+    @inlineCallbacks
+    def test_no_nagle_and_large_reads(self):
+        """Lock-step records go out at once (no Nagle delay), and pages are read a MiB at a time."""
+        yield self.open_pair()
+        for link in (self.primary.link, self.secondary.link):
+            handle = link.transport.getHandle()
+            self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+            self.assertEqual(link.transport.bufferSize, READ_SIZE)
 
     @inlineCallbacks
     def test_large_page_data(self):
