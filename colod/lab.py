@@ -205,8 +205,15 @@ class Node:
 
     def qemu_status(self) -> str:
         """QEMU's run state (``running``, ``paused``, ...) from the lab's monitor."""
+        return str(self.query("query-status")["status"])
+
+    def block_nodes(self) -> set[str]:
+        """The names of QEMU's block nodes, from the lab's monitor."""
+        return {node["node-name"] for node in self.query("query-named-block-nodes")}
+
+    def query(self, command: str) -> Any:
         with closing(QMPClient(str(self.monitor), QMP_TIMEOUT)) as qmp:
-            return str(qmp.execute("query-status")["status"])
+            return qmp.execute(command)
 
     def start_daemon(self) -> None:
         command = [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={self.log}", "colod",

@@ -32,11 +32,14 @@ class DaemonTests(ClusterTestCase):
         """``kill`` the secondary: the primary drops it, and its guest runs on unprotected."""
         lab = await self.start_cluster()
         await wait(lab.until_checkpoints(lab.primary.status()["checkpoints"] + 5, 10.0))
+        self.assertLessEqual({"colod0-rep", "colod0-nbd"}, lab.primary.block_nodes())
         kill(lab.secondary)
         status = await wait(lab.until(lab.primary, lambda s: not s["protected"] and s["error"],
                                       lab.heartbeat_timeout + 10.0, "the secondary dropped"))
         self.assertEqual((status["role"], status["failed_over"]), ("primary", False))
         self.assertIn(status["error"], lab.primary.logs())
+        # Replication is cleaned up: the NBD child and the replication node are gone from the quorum.
+        self.assertEqual(lab.primary.block_nodes() & {"colod0-rep", "colod0-nbd"}, set())
         await self.assertGuestRuns()
 
     @async_test
