@@ -35,6 +35,18 @@ from colod.qmp import QMPCapabilityError, QMPConnection, QMPFailure
 RECONNECT_DELAY = 2.0
 # How long ending replication may take at stop (it waits on QMP calls with their own deadlines).
 STOP_DEADLINE = 20.0
+# QMP calls in a row on one node's critical path of a checkpoint, at the most (the first
+# round sets the devices up as well).
+CHECKPOINT_QMP_CALLS = 8
+
+
+def checkpoint_timeout(config: Config) -> float:
+    """How long a checkpoint may take before the primary gives its secondary up as hung.
+
+    Every QMP call of both nodes on the checkpoint's path taking its whole
+    deadline, plus the link's silence timeout for the bytes in between.
+    """
+    return 2 * CHECKPOINT_QMP_CALLS * config.qmp.command_timeout + config.peer.heartbeat_timeout
 
 
 class DomainService(Service):
@@ -99,7 +111,8 @@ class DomainService(Service):
         devices = DeviceGroup(domain, config.role, qmp)
         common = (domain, config.node_name, self._guest, devices, self._reactor, StatusFile(state_dir), qmp)
         if config.role == "primary":
-            self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval)
+            self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval,
+                                        checkpoint_timeout=checkpoint_timeout(config))
         else:
             self.engine = SecondaryEngine(*common)
         self.engine.publish()

@@ -58,6 +58,10 @@ _PROTECTED = frozenset({
     "awaiting_svm_ready", "resuming", "awaiting_svm_resumed"})
 
 
+class CheckpointOverdue(Exception):
+    """A checkpoint took longer than the checkpoint timeout: the secondary hangs."""
+
+
 class CheckpointRefused(Exception):
     """A requested checkpoint cannot happen: the domain is not protected."""
 
@@ -70,9 +74,14 @@ class PrimaryEngine(EngineCore):
     setTrace = _machine._setTrace
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection, *, interval: float) -> None:
+                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection, *, interval: float,
+                 checkpoint_timeout: float) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp)
         self.interval = interval
+        #: The longest a checkpoint may take, NEW to SVM_RESUMED: a secondary that
+        #: heartbeats but never answers must not keep the guest suspended.
+        self.checkpoint_timeout = checkpoint_timeout
+        self._overdue: IDelayedCall | None = None
         self._timer: IDelayedCall | None = None
         self._requested: list[Deferred[int]] = []
         self._in_flight: list[Deferred[int]] = []
@@ -264,6 +273,9 @@ class PrimaryEngine(EngineCore):
 
     @_machine.output()
     def _checkpoint_done(self) -> None:
+        if self._overdue is not None and self._overdue.active():
+            self._overdue.cancel()
+        self._overdue = None
         self.checkpoints += 1
         if self.checkpoints == 1:
             self.log.info("domain {domain}: protected: first checkpoint complete", domain=self.domain.name)
@@ -428,6 +440,12 @@ class PrimaryEngine(EngineCore):
 
     def _begin_pause(self) -> None:
         self._pause_began = (time.perf_counter(), self.qmp.busy_seconds, self.guest.copy_seconds)
+        self._overdue = self.clock.callLater(self.checkpoint_timeout, self._checkpoint_overdue)
+
+    def _checkpoint_overdue(self) -> None:
+        self._overdue = None
+        self.secondary_lost(Failure(CheckpointOverdue(
+            f"checkpoint {self.checkpoints + 1} not complete after {self.checkpoint_timeout:g} s")))
 
     def _end_pause(self) -> None:
         began, qmp, copy = self._pause_began
@@ -445,6 +463,9 @@ class PrimaryEngine(EngineCore):
         self.new_epoch()
 
     def _cancel(self) -> None:
+        if self._overdue is not None and self._overdue.active():
+            self._overdue.cancel()
+        self._overdue = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -40,7 +40,7 @@ class Node:
 
 
 class EnginePairTestCase(ReplicationTestCase):
-    async def pair(self, interval: float = 3600.0) -> tuple[Node, Node]:
+    async def pair(self, interval: float = 3600.0, checkpoint_timeout: float = TIMEOUT) -> tuple[Node, Node]:
         """A primary and a secondary engine, linked, after their first checkpoint."""
         self.make_images(1)
         nodes = {}
@@ -56,7 +56,7 @@ class EnginePairTestCase(ReplicationTestCase):
                       side.qmp)
             engine: EngineCore
             if role == "primary":
-                engine = PrimaryEngine(*common, interval=interval)
+                engine = PrimaryEngine(*common, interval=interval, checkpoint_timeout=checkpoint_timeout)
             else:
                 engine = SecondaryEngine(*common)
             nodes[role] = Node(side, image, engine)
@@ -152,6 +152,20 @@ class PeerLossTests(EnginePairTestCase):
         await primary.side.write("colo-disk0", 0x73, 0, 4096)
         with self.assertRaises(CheckpointRefused):
             await primary.engine.request_checkpoint()
+
+    @async_test
+    async def test_hung_secondary_is_dropped_after_the_checkpoint_timeout(self) -> None:
+        """A secondary that heartbeats but never answers does not keep the guest suspended."""
+        primary, secondary = await self.pair(checkpoint_timeout=0.5)
+        secondary.engine.deliver = lambda: None  # type: ignore[method-assign]
+        started = reactor.seconds()
+        with self.assertRaises(CheckpointRefused):
+            await within(TIMEOUT, primary.engine.request_checkpoint())
+        self.assertLess(reactor.seconds() - started, 0.5 + 2.0)
+        self.assertEqual(primary.engine.state, "dropping_secondary")
+        await self.until(lambda: primary.engine.state == "unprotected")
+        self.assertIn("checkpoint 2 not complete after 0.5 s", primary.engine.error)
+        self.assertEqual(await self.qemu_status(primary), "running")
 
     @async_test
     async def test_wrong_record_ends_replication_on_both_sides(self) -> None:
