@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from colod import config
 from colod.config import ConfigError
-from colod.qemu_args import qemu_args
+from colod.qemu_args import device_model_args, qemu_args
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     args.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
                       help=f"colod's configuration (default {config.DEFAULT_PATH})")
     args.add_argument("--domain", metavar="NAME", help="the domain (needed when FILE has several)")
+    args.add_argument("--device-model", action="store_true",
+                      help="secondary without Xen: the arguments of the separate device-model QEMU "
+                      "(device_model_socket), which waits with -incoming defer, instead")
     return parser
 
 
@@ -47,7 +50,12 @@ def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> 
         if not found:
             parser.error(f"no domain {options.domain!r} in {options.config} (it has: {', '.join(names)})")
         domain = found[0]
-    args = qemu_args(domain, options.role)
+    if options.device_model:
+        if options.role != "secondary":
+            parser.error("--device-model is for the secondary's separate device model")
+        args = device_model_args(incoming=True)
+    else:
+        args = qemu_args(domain, options.role)
     print("\n".join(shlex.join(args[i:i + 2]) for i in range(0, len(args), 2)))
 
 

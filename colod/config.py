@@ -79,6 +79,10 @@ class DomainConfig:
     # Guest RAM as a file-backed image (colod.guest.memory_image), for tests and
     # benchmarks; None for a guest whose memory Xen moves.
     memory_image: str | None = None
+    # Secondary without Xen: a QEMU of its own for the device model, waiting with
+    # -incoming defer, so that the last checkpoint's device state can be loaded at
+    # failover (the disks' QEMU cannot wait so: replication needs active nodes).
+    device_model_socket: str | None = None
 
 
 @attrs.frozen
@@ -304,6 +308,7 @@ def _domain(table: _Table) -> DomainConfig:
     nbd_host = table.take("nbd_host", str, check=_hostname)
     nbd_port = table.take("nbd_port", int, check=_port)
     memory_image = table.take("memory_image", str, None, check=_absolute_path)
+    device_model_socket = table.take("device_model_socket", str, None, check=_absolute_path)
     disks = tuple(_disk(t) for t in table.tables("disk"))
     table.done()
     where = table.where
@@ -318,7 +323,7 @@ def _domain(table: _Table) -> DomainConfig:
             raise ConfigError(f"{table.path}: {owner}.{key}: the same file as {seen[image]} ({image!r})")
         seen[image] = f"{owner}.{key}"
     return DomainConfig(name=name, qmp_socket=qmp_socket, nbd_host=nbd_host, nbd_port=nbd_port,
-                        disks=disks, memory_image=memory_image)
+                        disks=disks, memory_image=memory_image, device_model_socket=device_model_socket)
 
 
 def _disk(table: _Table) -> DiskConfig:

@@ -74,7 +74,10 @@ def run(lab: Lab) -> str:
                           "takeover", started=lost).wait()
     after = time.monotonic() - lost
     say(f"the secondary took over {after:.2f} s after the loss: role {took_over['role']}, "
-        f"its QEMU {lab.secondary.qemu_status()}")
+        f"its device model {lab.secondary.qemu_status()}")
+    if not lab.secondary.device_state_loaded():
+        raise LabError("the secondary's device model did not load the last checkpoint's device state")
+    say("the secondary's device model runs on the device state of the last checkpoint")
     verdict = lab.verify(lab.secondary)
     say(f"the secondary's disk and memory image, checked against the writer: {verdict.summary}")
     if not verdict.ok:
@@ -84,7 +87,8 @@ def run(lab: Lab) -> str:
                        "a completed checkpoint had")
     return (f"{status['checkpoints']} checkpoints (pause p50 {_ms(status['pause_p50_ms'])}, "
             f"p99 {_ms(status['pause_p99_ms'])}); the secondary took over {after:.2f} s after the "
-            f"primary host was lost, its disk and memory exactly a checkpoint's ({verdict.ops} writer ops)")
+            f"primary host was lost, with a checkpoint's disk, memory and device state "
+            f"({verdict.ops} writer ops)")
 
 
 def demo(workdir: Path) -> bool:

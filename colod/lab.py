@@ -142,6 +142,19 @@ class _File:
         return node.dir / self.name
 
 
+def _start(workdir: Path, name: str, args: list[str], monitors: dict[str, Path]) -> QemuProcess:
+    """A started QEMU (machine ``pc``) with ``args`` and a QMP monitor at each of ``monitors``."""
+    for monitor, path in monitors.items():
+        args = [*args, "-chardev", f"socket,id={monitor},path={path},server=on,wait=off",
+                "-mon", f"chardev={monitor},mode=control"]
+    return QemuProcess(workdir, name, args, machine="pc").start()
+
+
+def _query(monitor: Path, command: str) -> Any:
+    with closing(QMPClient(str(monitor), QMP_TIMEOUT)) as qmp:
+        return qmp.execute(command)
+
+
 @attrs.define
 class Node:
     """One node: its files, its QEMU and its daemon.  ``role`` is the role it starts in."""
@@ -153,6 +166,8 @@ class Node:
     #: On tmpfs, as the example configuration advises: the overlays, which every checkpoint empties.
     fast_dir: Path
     qemu: QemuProcess | None = None
+    #: The secondary's device model, a QEMU of its own waiting with -incoming defer.
+    device_model: QemuProcess | None = None
     daemon: subprocess.Popen[bytes] | None = None
 
     config = _File("colod.toml")
@@ -167,6 +182,9 @@ class Node:
     monitor = _File("lab.qmp")
     #: The primary's second monitor, for the writer.
     writer_monitor = _File("writer.qmp")
+    #: The secondary's device model's QMP socket (colod's), and the lab's monitor on it.
+    device_model_socket = _File("device-model.qmp")
+    device_model_monitor = _File("device-model-lab.qmp")
 
     @property
     def active(self) -> Path:
@@ -196,24 +214,28 @@ class Node:
         monitors = {"lab": self.monitor}
         if self.role == "primary":
             monitors["writer"] = self.writer_monitor
-        for name, path in monitors.items():
-            args = [*args, "-chardev", f"socket,id={name},path={path},server=on,wait=off",
-                    "-mon", f"chardev={name},mode=control"]
-        self.qemu = QemuProcess(self.dir, "qemu", args, machine="pc")
+        self.qemu = _start(self.dir, "qemu", args, monitors)
         assert self.qemu.qmp_socket == str(self.qmp_socket)
-        self.qemu.start()
+
+    def start_device_model(self, args: list[str]) -> None:
+        """Start the secondary's device model (``colod qemu-args --device-model``) with the lab's monitor."""
+        self.device_model = _start(self.dir, "device-model", args, {"lab": self.device_model_monitor})
+        assert self.device_model.qmp_socket == str(self.device_model_socket)
 
     def qemu_status(self) -> str:
-        """QEMU's run state (``running``, ``paused``, ...) from the lab's monitor."""
-        return str(self.query("query-status")["status"])
+        """The guest's run state (``running``, ``paused``...): its device model's, from the lab's monitor."""
+        monitor = self.device_model_monitor if self.device_model is not None else self.monitor
+        return str(_query(monitor, "query-status")["status"])
+
+    def device_state_loaded(self) -> bool:
+        """Whether the secondary's device model has taken a device state (its one incoming migration)."""
+        if self.device_model is None:
+            return False
+        return bool(_query(self.device_model_monitor, "query-migrate").get("status") == "completed")
 
     def block_nodes(self) -> set[str]:
-        """The names of QEMU's block nodes, from the lab's monitor."""
-        return {node["node-name"] for node in self.query("query-named-block-nodes")}
-
-    def query(self, command: str) -> Any:
-        with closing(QMPClient(str(self.monitor), QMP_TIMEOUT)) as qmp:
-            return qmp.execute(command)
+        """The names of the block nodes of the QEMU that holds the disks."""
+        return {node["node-name"] for node in _query(self.monitor, "query-named-block-nodes")}
 
     def start_daemon(self) -> None:
         command = [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={self.log}", "colod",
@@ -244,10 +266,11 @@ class Node:
             self.qemu.kill()
 
     def stop(self) -> None:
-        """Stop the daemon, then QEMU, whatever state they are in."""
+        """Stop the daemon, then the QEMUs, whatever state they are in."""
         self.stop_daemon()
-        if self.qemu is not None:
-            self.qemu.stop()
+        for qemu in (self.qemu, self.device_model):
+            if qemu is not None:
+                qemu.stop()
 
     def context(self) -> str:
         """For failure messages: the last status and the end of the daemon's log."""
@@ -314,6 +337,8 @@ class Lab:
             self.secondary, self.primary, f'listen = "tcp:{self.secondary_port}:interface=127.0.0.1"'))
 
     def _config(self, node: Node, peer: Node, link: str) -> str:
+        secondary = node.role == "secondary"
+        device_model = f'device_model_socket = "{node.device_model_socket}"' if secondary else ""
         return f"""\
 [colod]
 role = "{node.role}"
@@ -334,7 +359,7 @@ qmp_socket = "{node.qmp_socket}"
 nbd_host = "127.0.0.1"
 nbd_port = {self.nbd_port}
 memory_image = "{node.memory}"
-
+{device_model}
 [[domain.disk]]
 name = "xvda"
 quorum_node = "{QUORUM_NODE}"
@@ -345,9 +370,10 @@ active_image = "{node.active}"
 hidden_image = "{node.hidden}"
 """
 
-    def qemu_args(self, node: Node) -> list[str]:
+    def qemu_args(self, node: Node, *options: str) -> list[str]:
         """What ``colod qemu-args`` prints for ``node``, split as a shell would."""
-        command = [str(BIN / "colod"), "qemu-args", "--role", node.role, "--config", str(node.config)]
+        command = [str(BIN / "colod"), "qemu-args", "--role", node.role, "--config", str(node.config),
+                   *options]
         done = subprocess.run(command, capture_output=True, text=True, timeout=30)
         if done.returncode:
             raise LabError(f"colod qemu-args for {node.name} failed: {done.stderr.strip()}")
@@ -356,6 +382,7 @@ hidden_image = "{node.hidden}"
     def start_qemus(self) -> None:
         for node in self.nodes:
             node.start_qemu(self.qemu_args(node))
+        self.secondary.start_device_model(self.qemu_args(self.secondary, "--device-model"))
 
     def start_daemons(self, timeout: float = 20.0) -> None:
         """The secondary first, and the primary once the secondary listens."""

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from colod.config import ConfigError, DiskConfig, DomainConfig
-from colod.guest.device_model import DEVICE_MODEL_ARGS, DEVICE_MODEL_MACHINE_OPTIONS
+from colod.guest.device_model import DEVICE_MODEL_ARGS, DEVICE_MODEL_MACHINE_OPTIONS, SECONDARY_ARGS
 
 # Node names colod makes up start with this, then the disk's index.
 NODE_PREFIX = "colod"
@@ -136,13 +136,16 @@ def secondary_blockdevs(n: DiskNodes) -> list[dict[str, Any]]:
     ]
 
 
-def device_model_args() -> list[str]:
+def device_model_args(incoming: bool = False) -> list[str]:
     """What makes the device state loadable (colod.guest.device_model); QEMU merges ``-machine``.
 
-    Never ``-incoming`` on the secondary: QEMU keeps every block node inactive
-    until an incoming migration ends, and replication cannot start on them.
+    ``incoming`` is for the secondary's separate device model
+    (``device_model_socket``), which waits for the state to load at failover.
+    Never ``-incoming`` where the disks are: QEMU keeps every block node
+    inactive until an incoming migration ends, and replication cannot start.
     """
-    return ["-machine", DEVICE_MODEL_MACHINE_OPTIONS, *DEVICE_MODEL_ARGS]
+    args = ["-machine", DEVICE_MODEL_MACHINE_OPTIONS, *DEVICE_MODEL_ARGS]
+    return [*args, *SECONDARY_ARGS] if incoming else args
 
 
 def qemu_args(domain: DomainConfig, role: str) -> list[str]:

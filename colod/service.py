@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -27,7 +27,7 @@ from colod.engine.peering import PeerEndpoint
 from colod.engine.primary import PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
 from colod.engine.status import StatusFile
-from colod.guest.device_model import DeviceModelEngine
+from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine
 from colod.guest.qemu_guest import QemuGuest
 from colod.qmp import QMPCapabilityError, QMPConnection, QMPFailure
 
@@ -49,6 +49,10 @@ def checkpoint_timeout(config: Config) -> float:
     return 2 * CHECKPOINT_QMP_CALLS * config.qmp.command_timeout + config.peer.heartbeat_timeout
 
 
+class ProtectionError(Exception):
+    """The domain cannot be protected as configured; says why."""
+
+
 class DomainService(Service):
     """Holds the QMP connection to one protected domain's QEMU."""
 
@@ -63,6 +67,8 @@ class DomainService(Service):
         self._attempt: Deferred[Any] | None = None
         self.connection: QMPConnection | None = None
         self.engine: EngineCore | None = None
+        self._protecting: Deferred[None] | None = None
+        self._device_model: QMPConnection | None = None
         self._guest: QemuGuest | None = None
         self._peer: PeerEndpoint | None = None
 
@@ -93,21 +99,20 @@ class DomainService(Service):
         )
         assert self.connection is not None
         self.connection.whenLost().addCallback(self._lost)
-        if self.engine is None:
-            self._protect(self.connection)
+        if self.engine is None and self._protecting is None:
+            self._protecting = Deferred.fromCoroutine(self._protect(self.connection))
+            self._protecting.addErrback(self._protect_failed)
 
-    def _protect(self, qmp: QMPConnection) -> None:
-        """Build the domain's engine and its peer link; a failure is logged and protection skipped."""
+    async def _protect(self, qmp: QMPConnection) -> None:
+        """Build the domain's engine and its peer link."""
         config, domain = self._config, self._domain
         state_dir = Path(config.state_dir) / domain.name
+        device_model = DeviceModelEngine(await self._device_model_qmp(qmp), state_dir, self._reactor)
         try:
-            device_model = DeviceModelEngine(qmp, state_dir, self._reactor)
             self._guest = QemuGuest(config.role, device_model, domain.memory_image, self._reactor,
                                     timeout=config.qmp.command_timeout)
         except (OSError, ValueError) as e:
-            self.log.error("domain {domain}: cannot use the guest's state ({error}); not protecting it",
-                           domain=domain.name, error=e)
-            return
+            raise ProtectionError(f"cannot use the guest's memory image: {e}") from None
         devices = DeviceGroup(domain, config.role, qmp)
         common = (domain, config.node_name, self._guest, devices, self._reactor, StatusFile(state_dir), qmp)
         if config.role == "primary":
@@ -118,6 +123,35 @@ class DomainService(Service):
         self.engine.publish()
         self._peer = PeerEndpoint(config, domain, self.engine, self._reactor)
         self._peer.start().addErrback(self._peer_failed)
+
+    async def _device_model_qmp(self, qmp: QMPConnection) -> QMPConnection:
+        """The QMP connection of the guest's device model: its own QEMU on a secondary that has one."""
+        socket = self._domain.device_model_socket
+        if self._config.role != "secondary" or socket is None:
+            return qmp
+        qmp_config = self._config.qmp
+        self._device_model = connection = QMPConnection(
+            socket, name=f"{self._domain.name}-device-model", required_commands=LOAD_COMMANDS,
+            command_timeout=qmp_config.command_timeout, connect_timeout=qmp_config.connect_timeout)
+        await connection.connect()
+        status = (await connection.execute("query-status"))["status"]
+        if status != "inmigrate":
+            raise ProtectionError(f"the device model's QEMU at {socket} is '{status}', not waiting with "
+                                  "-incoming defer (colod qemu-args --role secondary --device-model)")
+        connection.whenLost().addCallback(self._device_model_lost)
+        self.log.info("domain {domain}: the device model's QEMU at {socket} waits for the state to load at "
+                      "failover", domain=self._domain.name, socket=socket)
+        return connection
+
+    def _protect_failed(self, failure: Any) -> None:
+        if failure.check(CancelledError):
+            return
+        if not failure.check(ProtectionError, QMPFailure):
+            self.log.failure("domain {domain}: unexpected error while setting up protection",
+                             failure, domain=self._domain.name)
+            return
+        self.log.error("domain {domain}: {error}; not protecting it",
+                       domain=self._domain.name, error=failure.getErrorMessage())
 
     def _peer_failed(self, failure: Any) -> None:
         self.log.error("domain {domain}: cannot listen for the primary at {where}: {error}; "
@@ -148,6 +182,12 @@ class DomainService(Service):
             self.engine.qemu_lost(str(reason))  # type: ignore[attr-defined]
         self._connect()
 
+    def _device_model_lost(self, reason: QMPFailure) -> None:
+        if self.running and self.engine is not None:
+            self.log.error("domain {domain}: the device model's QEMU: {reason}",
+                           domain=self._domain.name, reason=reason)
+            self.engine.qemu_lost(str(reason))  # type: ignore[attr-defined]
+
     @inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
@@ -156,6 +196,8 @@ class DomainService(Service):
         self._retry = None
         if self._attempt is not None:
             self._attempt.cancel()
+        if self._protecting is not None and not self._protecting.called:
+            self._protecting.cancel()
         if self.engine is not None:
             try:
                 yield self.engine.shutdown().addTimeout(STOP_DEADLINE, self._reactor)
@@ -166,8 +208,9 @@ class DomainService(Service):
             yield self._peer.stop()
         if self._guest is not None:
             self._guest.close()
-        if self.connection is not None:
-            yield self.connection.disconnect()
+        for connection in (self._device_model, self.connection):
+            if connection is not None:
+                yield connection.disconnect()
         self.log.info("domain {domain}: QMP connection closed", domain=self._domain.name)
 
 

@@ -105,6 +105,9 @@ BAD = [
     ("bad_peer_node_name", edited("[peer]\n", '[peer]\nnode_name = "dom0 a"\n'), [],
      "peer.node_name: must be letters, digits, '-', '_' or '.', starting with a letter or digit, "
      "at most 64 characters (got 'dom0 a')"),
+    ("device_model_socket_relative",
+     edited("nbd_port = 8889", 'nbd_port = 8889\ndevice_model_socket = "dm.qmp"'), [],
+     "domain[0].device_model_socket: must be an absolute path (got 'dm.qmp')"),
     ("memory_image_relative", edited("nbd_port = 8889", 'nbd_port = 8889\nmemory_image = "ram.img"'), [],
      "domain[0].memory_image: must be an absolute path (got 'ram.img')"),
     ("role_override_needs_connect", edited('connect = "tcp:host=127.0.0.1:port=9000"\n', ""),

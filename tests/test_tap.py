@@ -64,9 +64,11 @@ class PluginTests(ScratchTestCase):
 class DaemonTests(QemuTestCase):
     """twistd colod as a subprocess against a QEMU the test started."""
 
-    def start_daemon(self, qmp_socket: str, *args: str) -> tuple[subprocess.Popen[str], Path]:
+    def start_daemon(self, qmp_socket: str, *args: str,
+                     extra: str = "") -> tuple[subprocess.Popen[str], Path]:
+        """twistd colod on a configuration for ``qmp_socket``, with ``extra`` lines in its domain."""
         config = self.workdir / "colod.toml"
-        config.write_text(config_for(qmp_socket))
+        config.write_text(config_for(qmp_socket).replace("nbd_port = 8889\n", f"nbd_port = 8889\n{extra}"))
         log = self.workdir / "colod.log"
         with open(log, "w") as out:
             daemon = subprocess.Popen(
@@ -136,6 +138,17 @@ class DaemonTests(QemuTestCase):
         output = self.wait_for_log(log, "not protecting it")
         self.assertIn("lacks the QMP commands colod needs: query-xen-replication-status, "
                       "xen-colo-do-checkpoint, xen-set-replication", output)
+        self.assert_clean_stop(daemon, log, signal.SIGTERM)
+
+    def test_refuses_a_device_model_that_does_not_wait(self) -> None:
+        """A secondary's device_model_socket must be a QEMU waiting with -incoming defer."""
+        qemu = self.start_qemu("qemu")
+        device_model = self.start_qemu("device-model")
+        daemon, log = self.start_daemon(qemu.qmp_socket,
+                                        extra=f'device_model_socket = "{device_model.qmp_socket}"\n')
+        output = self.wait_for_log(log, "not protecting it")
+        self.assertIn(f"the device model's QEMU at {device_model.qmp_socket} is 'prelaunch', not waiting "
+                      "with -incoming defer (colod qemu-args --role secondary --device-model)", output)
         self.assert_clean_stop(daemon, log, signal.SIGTERM)
 
     def test_wrong_reactor_is_refused(self) -> None:

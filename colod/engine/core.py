@@ -176,6 +176,12 @@ class EngineCore:
             link.end(ReplicationEndReason.PROTOCOL_ERROR, reason)
         self.lost(Failure(ProtocolViolation(reason)))
 
+    def cleanup_failed(self, what: str, reason: Failure) -> None:
+        """A cleanup step failed: keep it in the error and the log, for whoever cleans up by hand."""
+        problem = f"{what} failed: {reason.getErrorMessage()}"
+        self.error = f"{self.error}; {problem}" if self.error else problem
+        self.log.error("domain {domain}: {problem}", domain=self.domain.name, problem=problem)
+
     def publish(self, **extra: Any) -> None:
         """Write the status file from the engine's current state."""
         p50, p99 = self.pauses.percentile(50), self.pauses.percentile(99)

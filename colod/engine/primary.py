@@ -323,10 +323,18 @@ class PrimaryEngine(EngineCore):
         self.run_step(self._drop, self.dropped)
 
     async def _drop(self) -> None:
-        await self.devices.drop_secondary()
-        if self._suspended:
-            await self.guest.resume()
-            self._suspended = False
+        try:
+            await self.devices.drop_secondary()
+        finally:
+            await self._resume_if_suspended()
+
+    @_machine.output()
+    def _drop_failed(self, reason: Failure) -> None:
+        self.cleanup_failed("detaching the secondary's replication", reason)
+
+    @_machine.output()
+    def _stop_failed(self, reason: Failure) -> None:
+        self.cleanup_failed("detaching replication at stop", reason)
 
     @_machine.output()
     def _report_unprotected(self) -> None:
@@ -363,7 +371,13 @@ class PrimaryEngine(EngineCore):
         self.run_step(self._stop_cleanup, self.stop_done)
 
     async def _stop_cleanup(self) -> None:
-        await self.devices.teardown()
+        try:
+            await self.devices.teardown()
+        finally:
+            await self._resume_if_suspended()
+
+    async def _resume_if_suspended(self) -> None:
+        """Whatever else failed, a guest this engine suspended runs again."""
         if self._suspended:
             await self.guest.resume()
             self._suspended = False
@@ -394,7 +408,7 @@ class PrimaryEngine(EngineCore):
         _state.upon(stop, enter=stopping, outputs=[_begin_stop])
 
     dropping_secondary.upon(dropped, enter=unprotected, outputs=[_report_unprotected])
-    dropping_secondary.upon(step_failed, enter=unprotected, outputs=[_report_unprotected])
+    dropping_secondary.upon(step_failed, enter=unprotected, outputs=[_drop_failed, _report_unprotected])
     for _state in (dropping_secondary, unprotected):
         _state.upon(secondary_lost, enter=_state, outputs=[_ignore_loss])
         _state.upon(qemu_lost, enter=guest_lost, outputs=[_abandon])
@@ -406,7 +420,7 @@ class PrimaryEngine(EngineCore):
     guest_lost.upon(qemu_lost, enter=guest_lost, outputs=[])
     guest_lost.upon(stop, enter=stopped, outputs=[_stopped])
     stopping.upon(stop_done, enter=stopped, outputs=[_stopped])
-    stopping.upon(step_failed, enter=stopped, outputs=[_stopped])
+    stopping.upon(step_failed, enter=stopped, outputs=[_stop_failed, _stopped])
     stopping.upon(secondary_lost, enter=stopping, outputs=[])
     stopping.upon(qemu_lost, enter=stopping, outputs=[])
 

@@ -279,6 +279,10 @@ class SecondaryEngine(EngineCore):
         self._leave(ReplicationEndReason.LOCAL_FAILURE)
 
     @_machine.output()
+    def _teardown_failed(self, reason: Failure) -> None:
+        self.cleanup_failed("tearing replication down", reason)
+
+    @_machine.output()
     def _report_ended(self) -> None:
         self.publish()
 
@@ -324,7 +328,7 @@ class SecondaryEngine(EngineCore):
     failing_over.upon(taken_over, enter=primary_unprotected, outputs=[_report_primary])
     failing_over.upon(step_failed, enter=failover_failed, outputs=[_report_failover_failed])
     ending.upon(torn_down, enter=ended, outputs=[_report_ended])
-    ending.upon(step_failed, enter=ended, outputs=[_report_ended])
+    ending.upon(step_failed, enter=ended, outputs=[_teardown_failed, _report_ended])
     for _state in (failing_over, primary_unprotected, failover_failed, ending, ended):
         _state.upon(primary_lost, enter=_state, outputs=[])
         _state.upon(replication_ended, enter=_state, outputs=[])

@@ -41,6 +41,9 @@ DEVICE_MODEL_MACHINE_OPTIONS = "suppress-vmdesc=on"
 DEVICE_MODEL_ARGS = ("-global", "migration.send-configuration=off", "-global", "apic-common.vapic=off")
 SECONDARY_ARGS = ("-incoming", "defer")
 
+#: What a QEMU must offer to take the device state at failover.
+LOAD_COMMANDS = frozenset({"query-status", "getfd", "migrate-incoming", "query-migrate", "cont"})
+
 # How QEMU's status reads while the incoming migration that loads the state runs.
 _MIGRATION_DONE = {"completed", "failed", "cancelled"}
 # How often to ask QEMU whether the load has finished.

@@ -53,10 +53,21 @@ class QemuArgsCommandTests(ReplicationTestCase):
         self.assertEqual(done.stdout, in_process[1])
         self.assertEqual(len(done.stdout.splitlines()), 3 + 10)
 
+    def test_device_model_arguments(self) -> None:
+        """--device-model: the secondary's separate device model, waiting for its state."""
+        path = self.write_config("secondary", [0])
+        status, out, err = self.run_cli("qemu-args", "--role", "secondary", "--config", str(path),
+                                        "--device-model")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines(), [
+            "-machine suppress-vmdesc=on", "-global migration.send-configuration=off",
+            "-global apic-common.vapic=off", "-incoming defer"])
+
     def test_usage_errors_exit_2(self) -> None:
         path = str(self.write_config("primary", [0]))
         for argv in ([], ["qemu-args", "--config", path],
                      ["qemu-args", "--role", "tertiary", "--config", path],
+                     ["qemu-args", "--role", "primary", "--config", path, "--device-model"],
                      ["qemu-args", "--role", "primary", "--config", path, "--domain", "nope"]):
             status, out, err = self.run_cli(*argv)
             self.assertEqual((status, out), (2, ""), argv)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import fail
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from colod.devices.errors import DeviceError
 from colod.engine.core import EngineCore
 from colod.engine.primary import CheckpointRefused, PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
@@ -108,6 +110,23 @@ class CheckpointTests(EnginePairTestCase):
         self.assertLessEqual(pause.in_qemu + pause.copying, pause.seconds)
 
     @async_test
+    async def test_secondary_keeps_the_last_checkpoints_device_state(self) -> None:
+        """What the secondary would load at failover is the device state the primary sent last."""
+        primary, secondary = await self.pair()
+        sent: list[bytes] = []
+        emulator_records = primary.engine.guest.emulator_records
+
+        def keep(records: Any) -> Any:
+            sent.append(bytes(records[0].blob))
+            return records
+
+        primary.engine.guest.emulator_records = lambda: emulator_records().addCallback(keep)  # type: ignore
+        for _ in range(3):
+            await within(TIMEOUT, primary.engine.request_checkpoint())
+            self.assertEqual((self.workdir / "secondary-state" / "device-state").read_bytes(), sent[-1])
+        self.assertEqual(sent[-1][:4], b"QEVM")
+
+    @async_test
     async def test_interval_triggers_checkpoints(self) -> None:
         primary, secondary = await self.pair(interval=0.02)
         await self.until(lambda: secondary.engine.checkpoints >= 20)
@@ -165,6 +184,15 @@ class PeerLossTests(EnginePairTestCase):
         self.assertEqual(primary.engine.state, "dropping_secondary")
         await self.until(lambda: primary.engine.state == "unprotected")
         self.assertIn("checkpoint 2 not complete after 0.5 s", primary.engine.error)
+        self.assertEqual(await self.qemu_status(primary), "running")
+
+    @async_test
+    async def test_a_failed_drop_is_kept_in_the_error(self) -> None:
+        primary, secondary = await self.pair()
+        primary.side.group.drop_secondary = lambda: fail(DeviceError("yank refused"))  # type: ignore
+        secondary.engine.link.transport.abortConnection()  # type: ignore[union-attr]
+        await self.until(lambda: primary.engine.state == "unprotected")
+        self.assertIn("; detaching the secondary's replication failed: yank refused", primary.engine.error)
         self.assertEqual(await self.qemu_status(primary), "running")
 
     @async_test

@@ -82,6 +82,7 @@ class FailoverTests(ClusterTestCase):
                                       lab.heartbeat_timeout + TAKEOVER_SLACK, "takeover", started=start))
         self.assertEqual((status["role"], status["protected"]), ("primary", False))
         self.assertEqual(lab.secondary.qemu_status(), "running")
+        self.assertTrue(lab.secondary.device_state_loaded())
         self.assertVerified(lab.verify(lab.secondary), floor)
 
     @async_test

@@ -1,0 +1,129 @@
+"""
+QMP as libxl spoke it to qemu-xen, behind the surface colod's engines use of a QMPConnection.
+
+libxl's synchronous QMP (libxl_qmp.c of the COLO era, qmp_synchronous_send)
+opened a new connection to QEMU's monitor for every command: connect, read
+the greeting, qmp_capabilities, the command, wait for its reply (skipping
+events), close; the toolstack blocked meanwhile, and device calls ran one
+after another.  LibxlQMP does exactly that, so that bench/checkpoint.py can
+run colod's own engines, guest and devices over it and compare the two ways
+of speaking QMP on otherwise the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from colod.qmp import (
+    REQUIRED_COMMANDS,
+    QemuInfo,
+    QMPCapabilityError,
+    QMPCommandError,
+    QMPDisconnected,
+    QMPTimeout,
+)
+
+
+class LibxlQMP:
+    """
+    One QEMU's monitor, one blocking connection per command.
+
+    Its attributes are the part of QMPConnection that DeviceGroup,
+    DeviceModelEngine and the engines touch: execute(), info, connected and
+    busy_seconds; errors are colod.qmp's, with QEMU's class and description
+    as QMPConnection gives them.
+    """
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        self.socket_path = socket_path
+        self.command_timeout = timeout
+        self.info: QemuInfo | None = None
+        #: Wall-clock seconds spent inside commands (they never overlap: each blocks).
+        self.busy_seconds = 0.0
+        self._gone = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether a command could reach QEMU: its socket is there and the last command found it."""
+        return not self._gone and os.path.exists(self.socket_path)
+
+    def probe(self) -> QemuInfo:
+        """What QMPConnection.connect learns once: the version, and the commands (refused if some lack)."""
+        reply = self.call("query-version")
+        q = reply["qemu"]
+        version = f"{q['major']}.{q['minor']}.{q['micro']}"
+        if reply.get("package"):
+            version += f" ({reply['package'].strip()})"
+        commands = frozenset(c["name"] for c in self.call("query-commands"))
+        if REQUIRED_COMMANDS - commands:
+            raise QMPCapabilityError(self.socket_path, version, REQUIRED_COMMANDS - commands)
+        self.info = QemuInfo(version=version, commands=commands)
+        return self.info
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float | None = None,
+                *, oob: bool = False) -> Deferred[Any]:
+        """
+        Run ``command`` now, blocking, and hand back its result as an already fired Deferred.
+
+        ``oob`` is accepted for QMPConnection's signature and ignored: libxl
+        sent nothing out of band, and a fresh connection has nothing queued
+        ahead of its one command anyway.
+        """
+        return maybeDeferred(self.call, command, arguments, timeout)
+
+    def call(self, command: str, arguments: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        """One command over a connection of its own; its ``return`` value, or a colod.qmp error."""
+        limit = self.command_timeout if timeout is None else timeout
+        started = time.perf_counter()
+        try:
+            return self._exchange(command, arguments, limit)
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+
+    def _exchange(self, command: str, arguments: dict[str, Any] | None, limit: float) -> Any:
+        deadline = time.monotonic() + limit
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(limit)
+                s.connect(self.socket_path)
+                with s.makefile("rb") as replies:
+                    _next_message(s, replies, deadline)  # the greeting
+                    for name, args in (("qmp_capabilities", None), (command, arguments)):
+                        message: dict[str, Any] = {"execute": name}
+                        if args is not None:
+                            message["arguments"] = args
+                        s.sendall(json.dumps(message).encode() + b"\n")
+                        reply = _next_message(s, replies, deadline)
+                        if "error" in reply:
+                            raise QMPCommandError(name, reply["error"]["class"], reply["error"]["desc"])
+        except TimeoutError:
+            raise QMPTimeout(command, limit) from None
+        except (OSError, EOFError) as e:
+            self._gone = True
+            raise QMPDisconnected(f"QMP {command}: lost QEMU at {self.socket_path} "
+                                  f"({type(e).__name__}: {e})") from None
+        self._gone = False
+        return reply["return"]
+
+
+def _next_message(s: socket.socket, replies: io.BufferedReader, deadline: float) -> dict[str, Any]:
+    """The next QMP message that is not an event, before ``deadline`` (TimeoutError after it)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        s.settimeout(remaining)
+        line = replies.readline()
+        if not line:
+            raise EOFError("QEMU closed the monitor")
+        message: dict[str, Any] = json.loads(line)
+        if "event" not in message:
+            return message
