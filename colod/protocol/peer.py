@@ -132,9 +132,12 @@ class PeerLink(Protocol):
             # The protocol is lock-step: a small record (NEW, SVM_READY) held
             # back by Nagle until the peer's delayed ACK costs ~40 ms of pause.
             self.transport.setTcpNoDelay(True)
-        # Pages arrive by the MiB: read them in large bites, not 64 KiB ones.
+        # Pages go by the MiB: read and send them in large bites, not 64 and 128 KiB ones,
+        # each a turn of the event loop.
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = READ_SIZE
+        if hasattr(self.transport, "SEND_LIMIT"):
+            self.transport.SEND_LIMIT = READ_SIZE
         self.transport.write(self.local.encode())
         self._deadline = self._clock.callLater(self._timing.handshake_timeout, self._handshakeExpired)
 
