@@ -22,12 +22,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from colod.qmp import (
-    REQUIRED_COMMANDS,
     QemuInfo,
-    QMPCapabilityError,
     QMPCommandError,
     QMPDisconnected,
     QMPTimeout,
+    probed_info,
 )
 
 
@@ -57,14 +56,7 @@ class LibxlQMP:
     def probe(self) -> QemuInfo:
         """What QMPConnection.connect learns once: the version, and the commands (refused if some lack)."""
         reply = self.call("query-version")
-        q = reply["qemu"]
-        version = f"{q['major']}.{q['minor']}.{q['micro']}"
-        if reply.get("package"):
-            version += f" ({reply['package'].strip()})"
-        commands = frozenset(c["name"] for c in self.call("query-commands"))
-        if REQUIRED_COMMANDS - commands:
-            raise QMPCapabilityError(self.socket_path, version, REQUIRED_COMMANDS - commands)
-        self.info = QemuInfo(version=version, commands=commands)
+        self.info = probed_info(self.socket_path, reply, self.call("query-commands"))
         return self.info
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float | None = None,

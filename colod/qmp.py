@@ -116,6 +116,20 @@ def _mute(_event: Any) -> bool:
     return False
 
 
+def probed_info(socket_path: str, version: dict[str, Any], commands: list[dict[str, Any]],
+                required: Iterable[str] = REQUIRED_COMMANDS) -> QemuInfo:
+    """What ``query-version`` and ``query-commands`` said; QMPCapabilityError if a required command lacks."""
+    q = version["qemu"]
+    version_text = f"{q['major']}.{q['minor']}.{q['micro']}"
+    if version.get("package"):
+        version_text += f" ({version['package'].strip()})"
+    names = frozenset(c["name"] for c in commands)
+    missing = frozenset(required) - names
+    if missing:
+        raise QMPCapabilityError(socket_path, version_text, missing)
+    return QemuInfo(version=version_text, commands=names)
+
+
 class QMPConnection:
     """One persistent QMP connection to one QEMU, used from Twisted.
 
@@ -200,17 +214,8 @@ class QMPConnection:
 
     async def _probe(self) -> QemuInfo:
         version = await self._execute("query-version", None, self.command_timeout)
-        q = version["qemu"]
-        version_text = f"{q['major']}.{q['minor']}.{q['micro']}"
-        if version.get("package"):
-            version_text += f" ({version['package'].strip()})"
-        commands = frozenset(
-            c["name"] for c in await self._execute("query-commands", None, self.command_timeout)
-        )
-        missing = self.required_commands - commands
-        if missing:
-            raise QMPCapabilityError(self.socket_path, version_text, missing)
-        return QemuInfo(version=version_text, commands=commands)
+        commands = await self._execute("query-commands", None, self.command_timeout)
+        return probed_info(self.socket_path, version, commands, self.required_commands)
 
     async def _abandon(self) -> None:
         """Drop a connection we will not use, swallowing how it ended."""
