@@ -305,7 +305,7 @@ class PrimaryEngine(EngineCore):
         self._secondary_dirty = record
 
     @_machine.output()
-    def _send_checkpoint(self, record: CheckpointDirtyPfnList) -> None:
+    def _send_checkpoint(self) -> None:
         self.run_step(self._checkpoint, self.checkpoint_sent)
 
     async def _checkpoint(self) -> None:
