@@ -21,7 +21,7 @@ things that keep it honest:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from automat import NoTransition
@@ -104,8 +104,9 @@ class EngineCore:
     def _traced(self, old: str, event: str, new: str) -> None:
         self.state = new
 
-    def run_step(self, step: Callable[[], Deferred[Any]], done: Callable[[], None]) -> None:
-        """Run ``step`` after any step under way; feed ``done`` (or step_failed) when it ends."""
+    def run_step(self, step: Callable[[], Awaitable[Any]], done: Callable[[], None]) -> None:
+        """Run ``step`` (a coroutine function, or one returning a Deferred) after any step under
+        way; feed ``done`` (or step_failed, or qemu_lost) when it ends."""
         epoch = self._epoch
 
         def start(_: object) -> Deferred[Any]:
