@@ -82,7 +82,8 @@ class IPeerLinkObserver(Interface):
 
     def linkLost(link: PeerLink, reason: Failure) -> None:
         """
-        The link is gone, once per link.  C{reason} wraps:
+        The link is gone, once per link, as soon as that is decided (the TCP
+        connection may still be closing).  C{reason} wraps:
 
           - L{PeerEndedReplication}: the peer ended replication on purpose
             (after SHUTDOWN its guest runs on: do not take over);
@@ -116,6 +117,7 @@ class PeerLink(Protocol):
         self._open = False
         #: Why the link ends, once decided (or once lost): later bytes are ignored.
         self._failure: Failure | None = None
+        self._reported = False
         #: The handshake's deadline, then the peer's to close after L{end}.
         self._deadline: IDelayedCall | None = None
         self._silence: IDelayedCall | None = None
@@ -174,7 +176,7 @@ class PeerLink(Protocol):
                     reason = Failure(error)
         self._open = False
         self._failure = self._failure or reason
-        self._observer.linkLost(self, self._failure)
+        self._report()
 
     # --- API for the checkpoint engine --------------------------------------
 
@@ -287,6 +289,17 @@ class PeerLink(Protocol):
         self._failure = Failure(error)
         self._open = False
         self._stopTimers()
+        self._report()
+
+    def _report(self) -> None:
+        """
+        Tell the observer why the link ends, once, as soon as that is known:
+        not when TCP is done closing, which after L{end} or a stream error
+        waits for the peer, while the observer must stop using the link now.
+        """
+        if not self._reported:
+            self._reported = True
+            self._observer.linkLost(self, self._failure)
 
     def _stopTimers(self) -> None:
         for call in (self._deadline, self._silence):

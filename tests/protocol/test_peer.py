@@ -212,12 +212,17 @@ class PeerLinkTests(TestCase):
         fake = NeverCloses(PRIMARY.encode() + encode([StreamHeader()]))
         yield self.connect(port, Factory.forProtocol(lambda: fake))
         yield self.secondary.ready
-        self.secondary.link.end(ReplicationEndReason.SHUTDOWN, "bye")
-        yield wait_for(lambda: fake.eof)
-        self.assertFalse(self.secondary.lost.called)
-        self.secondary_clock.advance(TIMING.silence_timeout)
+        link = self.secondary.link
+        link.end(ReplicationEndReason.SHUTDOWN, "bye")
+        # The observer hears at once; TCP stays half open for the peer to read the record.
+        self.assertTrue(self.secondary.lost.called)
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, LocalEndedReplication)
+        yield wait_for(lambda: fake.eof)
+        self.assertFalse(link.transport.disconnected)
+        self.secondary_clock.advance(TIMING.silence_timeout)
+        yield wait_for(lambda: link.transport.disconnected)
+        self.assertEqual(len(self.secondary.losses), 1)
         bye = encode([ReplicationEnd(ReplicationEndReason.SHUTDOWN, "bye")], Channel.BACK)
         self.assertEqual(fake.received, SECONDARY.encode() + bye)
 
