@@ -31,7 +31,6 @@ import os
 import platform
 import random
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from colod.engine.status import StatusFile
 from colod.guest.device_model import DeviceModelEngine
 from colod.guest.memory_image import MemoryImage
 from colod.guest.qemu_guest import QemuGuest
+from colod.lab import free_port
 from colod.protocol.handshake import Hello, Role
 from colod.protocol.peer import PeerLinkFactory
 from colod.protocol.wire import PAGE_SIZE
@@ -337,13 +337,6 @@ async def start_pair(reactor: Any, workdir: Path, scenario: Scenario, style: str
     await until(reactor, lambda: primary.engine.checkpoints >= 1 and secondary.engine.checkpoints >= 1,
                 FIRST_TIMEOUT, "the first checkpoint", pair)
     return pair
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for the secondary's NBD server)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def until(reactor: Any, condition: Callable[[], bool], timeout: float, what: str, pair: Pair) -> None:

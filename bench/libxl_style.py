@@ -12,11 +12,9 @@ of speaking QMP on otherwise the same checkpoint.
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import socket
 import time
+from contextlib import closing
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -28,6 +26,7 @@ from colod.qmp import (
     QMPTimeout,
     probed_info,
 )
+from colod.qmp_blocking import QMPClient, QMPError, QMPNoAnswer, QMPRefused
 
 
 class LibxlQMP:
@@ -81,41 +80,16 @@ class LibxlQMP:
             self.busy_seconds += time.perf_counter() - started
 
     def _exchange(self, command: str, arguments: dict[str, Any] | None, limit: float) -> Any:
-        deadline = time.monotonic() + limit
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(limit)
-                s.connect(self.socket_path)
-                with s.makefile("rb") as replies:
-                    _next_message(s, replies, deadline)  # the greeting
-                    for name, args in (("qmp_capabilities", None), (command, arguments)):
-                        message: dict[str, Any] = {"execute": name}
-                        if args is not None:
-                            message["arguments"] = args
-                        s.sendall(json.dumps(message).encode() + b"\n")
-                        reply = _next_message(s, replies, deadline)
-                        if "error" in reply:
-                            raise QMPCommandError(name, reply["error"]["class"], reply["error"]["desc"])
-        except TimeoutError:
+            with closing(QMPClient(self.socket_path, limit)) as qmp:
+                result = qmp.execute(command, arguments)
+        except QMPRefused as e:
+            raise QMPCommandError(command, e.error_class, e.description) from None
+        except QMPNoAnswer:
             raise QMPTimeout(command, limit) from None
-        except (OSError, EOFError) as e:
+        except (OSError, QMPError) as e:
             self._gone = True
             raise QMPDisconnected(f"QMP {command}: lost QEMU at {self.socket_path} "
                                   f"({type(e).__name__}: {e})") from None
         self._gone = False
-        return reply["return"]
-
-
-def _next_message(s: socket.socket, replies: io.BufferedReader, deadline: float) -> dict[str, Any]:
-    """The next QMP message that is not an event, before ``deadline`` (TimeoutError after it)."""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        s.settimeout(remaining)
-        line = replies.readline()
-        if not line:
-            raise EOFError("QEMU closed the monitor")
-        message: dict[str, Any] = json.loads(line)
-        if "event" not in message:
-            return message
+        return result

@@ -34,9 +34,10 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from colod.guest.memory_image import MemoryImage
-from colod.guest.writer import Header, QMPClient, Verdict, verify
+from colod.guest.writer import Header, Verdict, verify
 from colod.protocol.wire import PAGE_SIZE
 from colod.qemu_process import QemuProcess, _die_with_parent
+from colod.qmp_blocking import QMPClient
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20

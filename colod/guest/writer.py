@@ -21,10 +21,8 @@ rebuilds what they leave.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import socket
 import struct
 import sys
 import time
@@ -32,18 +30,16 @@ from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import attrs
 
 from colod.guest.memory_image import MemoryImage
 from colod.protocol.wire import PAGE_SIZE
+from colod.qmp_blocking import QMPClient, QMPError
 
 MAGIC = b"COLODWRT"
 #: Page 0 starts with: magic, seed, block size, disk size, completed operations.
 _HEADER = struct.Struct("<8sQQQQ")
-#: Seconds QEMU gets to answer one QMP command.
-QMP_TIMEOUT = 10.0
 #: How many mismatching pages and blocks a verdict lists.
 SHOWN = 10
 
@@ -198,56 +194,6 @@ def verify(image_path: str | os.PathLike[str], disk_path: str | os.PathLike[str]
     expected_memory, expected_disk = workload.expected_state(ops, disk_base)
     return Verdict(ops, _differing(memory, expected_memory, PAGE_SIZE),
                    _differing(disk, expected_disk, block))
-
-
-class QMPError(Exception):
-    """QEMU refused a command, or did not answer it in time."""
-
-
-class QMPClient:
-    """A minimal blocking QMP client on a unix socket; every read has a deadline."""
-
-    def __init__(self, path: str, timeout: float = QMP_TIMEOUT) -> None:
-        self._timeout = timeout
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._socket.settimeout(timeout)
-        self._socket.connect(path)
-        self._lines = self._socket.makefile("rb")
-        self._id = 0
-        if "QMP" not in self._read(time.monotonic() + timeout):
-            raise QMPError(f"{path} did not greet as a QMP monitor")
-        self.execute("qmp_capabilities")
-
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run C{command} and return its result, skipping the events that arrive meanwhile."""
-        self._id += 1
-        message: dict[str, Any] = {"execute": command, "id": self._id}
-        if arguments is not None:
-            message["arguments"] = arguments
-        self._socket.sendall(json.dumps(message).encode() + b"\n")
-        deadline = time.monotonic() + self._timeout
-        while (reply := self._read(deadline)).get("id") != self._id:
-            pass
-        if "error" in reply:
-            raise QMPError(f"QMP {command} failed: {reply['error'].get('desc')}")
-        return reply["return"]
-
-    def _read(self, deadline: float) -> dict[str, Any]:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise QMPError(f"QEMU did not answer within {self._timeout:g} s")
-        self._socket.settimeout(remaining)
-        try:
-            line = self._lines.readline()
-        except TimeoutError:
-            raise QMPError(f"QEMU did not answer within {self._timeout:g} s") from None
-        if not line:
-            raise QMPError("QEMU closed the QMP connection")
-        return json.loads(line)
-
-    def close(self) -> None:
-        self._lines.close()
-        self._socket.close()
 
 
 class _Stopped(Exception):

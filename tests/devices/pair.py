@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from colod import cli, config
 from colod.config import Config, DomainConfig
 from colod.devices import DeviceGroup, ProviderRegistry
+from colod.lab import free_port
 from colod.qemu_process import QemuProcess
 from colod.qmp import QMPConnection
 from tests.rig import QemuTestCase, sleep
@@ -41,13 +42,6 @@ def within(seconds: float, d: Deferred[Any]) -> Deferred[Any]:
     from twisted.internet import reactor
 
     return d.addTimeout(seconds, reactor)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
