@@ -6,13 +6,34 @@ every plain function inside its own reactor greenlet, after which no trial
 TestCase can run the reactor again; so plain functions are called directly
 here, and pytest-twisted keeps only the functions it marked (its
 ``inlineCallbacks`` and ``ensureDeferred`` decorators).
+
+A plain function called here must return None.  An ``async def`` (a
+coroutine) or a function returning a Deferred would otherwise "pass" without
+its body having run to the end, or with its failure only logged; so any other
+return value fails the test, naming what came back and what to do instead.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
+from twisted.internet.defer import Deferred
 
 from colod.qemu_process import reap_all
+
+
+def _returned(result: object) -> str:
+    """Why a plain test function that returned ``result`` cannot be taken as passed."""
+    if inspect.iscoroutine(result):
+        result.close()  # never awaited: its body did not run to the end
+        return ("returned a coroutine that nobody awaited: make it a trial TestCase method "
+                "with tests.rig.async_test, or decorate it with pytest_twisted.ensureDeferred")
+    if isinstance(result, Deferred):
+        result.addErrback(lambda _: None)  # reported here, not as an unhandled error
+        return ("returned a Deferred that nobody waited for: make it a trial TestCase method, "
+                "or decorate it with pytest_twisted.inlineCallbacks")
+    return f"returned {result!r}; a test function must return None"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -20,7 +41,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if getattr(pyfuncitem.obj, "_pytest_twisted_mark", None) is not None:
         return None
     # The same arguments pytest's own call passes: the function's fixtures.
-    pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames})
+    result = pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames})
+    if result is not None:
+        pytest.fail(f"{pyfuncitem.name} {_returned(result)}", pytrace=False)
     return True
 
 
