@@ -234,6 +234,10 @@ class Node:
             return False
         return bool(_query(self.device_model_monitor, "query-migrate").get("status") == "completed")
 
+    def block_exports(self) -> list[str]:
+        """The ids of the block exports (NBD) of the QEMU that holds the disks."""
+        return [export["id"] for export in _query(self.monitor, "query-block-exports")]
+
     def block_nodes(self) -> set[str]:
         """The names of the block nodes of the QEMU that holds the disks."""
         return {node["node-name"] for node in _query(self.monitor, "query-named-block-nodes")}

@@ -4,9 +4,15 @@ The proxy sits on the peer link: the primary connects to it and it connects to
 the secondary.  It cuts each direction at record boundaries (the colod hello,
 then the records, read with the stream codec) so that a test can act exactly
 when a given record passes: kill a process before or after the record is
-forwarded, hold one direction back, or inject bytes at a record boundary.
-Otherwise every byte goes through unchanged, and once a direction stops
-parsing (after garbage, say) its bytes still go through.
+forwarded, or after only part of it was, hold one direction back, or inject
+bytes at a record boundary.  Otherwise every byte goes through unchanged, and
+once a direction stops parsing (after garbage, say) its bytes still go
+through.
+
+What the proxy really wrote to the secondary is kept in a L{MainLedger}: the
+records of the checkpoint under way, and the guest writer's operation count
+in the last checkpoint whose CHECKPOINT_END went through whole, which is
+exactly the state a secondary that takes over must hold.
 
 The lab's waits are Polls; wait() drives them on the reactor, so that the
 proxy keeps forwarding while a test waits.
@@ -26,25 +32,30 @@ from twisted.internet.interfaces import IListeningPort, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from colod.guest.writer import Verdict
+from colod.engine.core import record_name
+from colod.guest.writer import Header, Verdict
 from colod.lab import POLL_INTERVAL, Lab, Poll
 from colod.protocol import (
     CLOSED,
     NEED_DATA,
     Channel,
+    CheckpointEnd,
     CheckpointId,
     CheckpointState,
     Decoder,
     DomainHeader,
     Frame,
     HandshakeError,
+    Heartbeat,
     ImageHeader,
+    PageData,
     Record,
     StreamError,
     StreamHeader,
 )
 from colod.protocol.handshake import Hello
-from colod.protocol.wire import RECORD_HEADER, padding
+from colod.protocol.pagedata import pages_with_data
+from colod.protocol.wire import PAGE_SIZE, RECORD_HEADER, padding
 from colod.protocol.writers import write_record
 from tests.rig import ScratchTestCase, sleep
 
@@ -144,6 +155,49 @@ class RecordCutter:
         return taken
 
 
+def _writer_ops(record: PageData) -> int | None:
+    """The writer's operation count in ``record``'s copy of page 0 (its header), if the record carries it."""
+    for index, pfn in enumerate(record.pfns):
+        if pfn == 0:
+            at = pages_with_data(record.types[:index]) * PAGE_SIZE
+            header = Header.unpack(bytes(record.data[at : at + PAGE_SIZE]))
+            return header.ops if header else 0
+    return None
+
+
+class MainLedger:
+    """What of the main channel the proxy wrote to the secondary, record by record, sans-IO.
+
+    @ivar current: the names of the records of the checkpoint under way (from
+        its CHECKPOINT_STATE(NEW)), or of the last one; a record written only
+        in part is named with " (part)".  Heartbeats are left out.
+    @ivar committed: how many checkpoints' CHECKPOINT_END went through whole.
+    @ivar committed_ops: the writer's operation count in the memory of the
+        last of those: what a secondary holds once it has applied it.
+    """
+
+    def __init__(self) -> None:
+        self.current: list[str] = []
+        self.committed = 0
+        self.committed_ops: int | None = None
+        self._ops: int | None = None  # page 0's count as of the records written so far
+
+    def written(self, piece: Piece, whole: bool) -> None:
+        """``piece`` went to the secondary, to its last byte if ``whole``, else only its first part."""
+        if not isinstance(piece, Record) or isinstance(piece, Heartbeat):
+            return
+        if isinstance(piece, CheckpointState) and piece.id is CheckpointId.NEW:
+            self.current = []
+        self.current.append(record_name(piece) + ("" if whole else " (part)"))
+        if not whole:
+            return
+        if isinstance(piece, PageData) and (ops := _writer_ops(piece)) is not None:
+            self._ops = ops
+        elif isinstance(piece, CheckpointEnd):
+            self.committed += 1
+            self.committed_ops = self._ops
+
+
 @attrs.define
 class _Trigger:
     """An action waiting for a piece to pass (LinkProxy.when)."""
@@ -152,6 +206,8 @@ class _Trigger:
     match: Match
     action: Callable[[], object]
     before: bool
+    #: With ``before``: how many of the piece's bytes go through before the action runs.
+    part: int = 0
     fired: Deferred[Piece] = attrs.field(factory=Deferred)
 
 
@@ -162,18 +218,24 @@ class _Pipe:
         self._proxy = proxy
         self.direction = direction
         self._cutter = RecordCutter(direction.value)
-        self._queue: list[bytes] = []
+        #: What waits to be written: each piece's bytes (or part of them), and whether they end it.
+        self._queue: list[tuple[Piece, bytes, bool]] = []
         self._closed = False
         self.destination: ITransport | None = None
 
     def received(self, data: bytes) -> None:
         for piece, chunk in self._cutter.feed(data):
-            self._proxy.passing(self.direction, piece, before=True)
-            self.send(chunk)
-            self._proxy.passing(self.direction, piece, before=False)
+            for trigger in self._proxy.due(self.direction, piece, before=True):
+                if trigger.part:
+                    self.send(chunk[: trigger.part], piece, whole=False)
+                    chunk = chunk[trigger.part :]
+                self._proxy.fire(trigger, piece)
+            self.send(chunk, piece)
+            for trigger in self._proxy.due(self.direction, piece, before=False):
+                self._proxy.fire(trigger, piece)
 
-    def send(self, chunk: bytes) -> None:
-        self._queue.append(chunk)
+    def send(self, chunk: bytes, piece: Piece = None, whole: bool = True) -> None:
+        self._queue.append((piece, chunk, whole))
         self.flush()
 
     def flush(self) -> None:
@@ -181,8 +243,11 @@ class _Pipe:
         if self.destination is None:
             return
         if self.direction not in self._proxy.held:
-            self.destination.writeSequence(self._queue)
-            self._queue = []
+            queue, self._queue = self._queue, []
+            self.destination.writeSequence([chunk for _, chunk, _ in queue])
+            if self.direction is Direction.MAIN:
+                for piece, _, whole in queue:
+                    self._proxy.ledger.written(piece, whole)
         if self._closed:
             self.destination.loseConnection()
 
@@ -192,7 +257,7 @@ class _Pipe:
 
     def source_closed(self) -> None:
         """Pass on what arrived of a record cut short, as TCP would, then close the destination."""
-        self._queue += [chunk for _, chunk in self._cutter.rest()]
+        self._queue += [(None, chunk, True) for _, chunk in self._cutter.rest()]
         self._closed = True
         self.flush()
 
@@ -246,6 +311,7 @@ class LinkProxy:
         self.target_port = target_port
         self.held: set[Direction] = set()
         self.pipes: dict[Direction, _Pipe] = {}
+        self.ledger = MainLedger()
         self._triggers: list[_Trigger] = []
         self._listening: IListeningPort | None = None
 
@@ -276,23 +342,32 @@ class LinkProxy:
         self.pipes[direction].send(data)
 
     def when(self, direction: Direction, match: Match, action: Callable[[], object], *,
-             before: bool = False) -> Deferred[Piece]:
+             before: bool = False, part: int = 0) -> Deferred[Piece]:
         """Run ``action`` once, as the next piece that ``match``es passes on ``direction``.
 
-        ``before``: run it before the piece is forwarded (else right after).
-        The Deferred fires with the piece a moment later, off the proxy's call stack.
+        ``before``: run it before the piece is forwarded (else right after);
+        then ``part`` of its bytes go through first, so that an action that
+        holds the direction cuts the piece there.  The Deferred fires with the
+        piece a moment later, off the proxy's call stack.
         """
-        trigger = _Trigger(direction, match, action, before)
+        if part and not before:
+            raise ValueError("only a trigger that runs before its piece is forwarded can cut it")
+        trigger = _Trigger(direction, match, action, before, part)
         self._triggers.append(trigger)
         return trigger.fired
 
-    def passing(self, direction: Direction, piece: Piece, before: bool) -> None:
-        """Run (once) the triggers that wait for ``piece`` at this moment of its passing."""
-        for trigger in list(self._triggers):
-            if trigger.direction is direction and trigger.before is before and trigger.match(piece):
-                self._triggers.remove(trigger)
-                done = maybeDeferred(trigger.action).addCallback(lambda _, piece=piece: piece)
-                reactor.callLater(0, done.chainDeferred, trigger.fired)
+    def due(self, direction: Direction, piece: Piece, before: bool) -> list[_Trigger]:
+        """The triggers that wait for ``piece`` at this moment of its passing, taken off the list."""
+        found = [t for t in self._triggers
+                 if t.direction is direction and t.before is before and t.match(piece)]
+        for trigger in found:
+            self._triggers.remove(trigger)
+        return found
+
+    def fire(self, trigger: _Trigger, piece: Piece) -> None:
+        """Run ``trigger``'s action now; its Deferred fires a moment later."""
+        done = maybeDeferred(trigger.action).addCallback(lambda _: piece)
+        reactor.callLater(0, done.chainDeferred, trigger.fired)
 
 
 class ClusterTestCase(ScratchTestCase):

@@ -42,6 +42,7 @@ from colod.protocol import (
     PeerEndedReplication,
     Record,
     ReplicationEndReason,
+    StreamCutShort,
     StreamError,
     type_name,
 )
@@ -58,6 +59,8 @@ def describe(reason: Failure) -> str:
     error = reason.value
     if isinstance(error, StreamError | HandshakeError | ProtocolViolation):
         return f"protocol error: {error}"
+    if isinstance(error, StreamCutShort):
+        return str(error)
     if isinstance(error, ConnectionDone):
         return "the peer closed the link"
     if isinstance(error, ConnectionLost):

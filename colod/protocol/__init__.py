@@ -7,7 +7,13 @@ that carries both channels over one TCP connection.  See docs/protocol.md.
 
 from .decoder import CLOSED, NEED_DATA, Decoder, Frame
 from .encoder import Encoder
-from .errors import LocalEndedReplication, PeerEndedReplication, ReplicationEnded, StreamError
+from .errors import (
+    LocalEndedReplication,
+    PeerEndedReplication,
+    ReplicationEnded,
+    StreamCutShort,
+    StreamError,
+)
 from .handshake import HandshakeError
 from .records import (
     Buffer,
@@ -55,7 +61,7 @@ __all__ = [
     "HvmContext", "HvmParams", "ImageHeader", "LibxcContext", "LibxcEnd", "LocalEndedReplication",
     "Namespace", "PageData", "PageType", "PeerEndedReplication", "Record", "ReplicationEnd",
     "ReplicationEndReason", "ReplicationEnded", "SharedInfo", "SkippedRecord", "StaticDataEnd",
-    "StreamError", "StreamHeader", "Verify", "X86CpuidPolicy", "X86MsrPolicy", "X86PvInfo",
+    "StreamCutShort", "StreamError", "StreamHeader", "Verify", "X86CpuidPolicy", "X86MsrPolicy", "X86PvInfo",
     "X86PvP2mFrames", "X86PvVcpuBasic", "X86PvVcpuExtended", "X86PvVcpuMsrs", "X86PvVcpuXsave",
     "X86TscInfo", "record_name", "type_name",
 ]

@@ -1,13 +1,16 @@
 # -*- test-case-name: tests.protocol.test_decoder,tests.protocol.test_peer -*-
 """
 The codec's single error type, so callers catch one thing and always learn
-where; and the two ways a peer link ends on purpose, kept apart from any
-failure so that the engine can tell a deliberate end from a crash.
+where; the two ways a peer link ends on purpose, kept apart from any failure
+so that the engine can tell a deliberate end from a crash; and a stream that
+stopped short, which is a lost connection, not a malformed stream.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from twisted.internet.error import ConnectionLost
 
 from .wire import ReplicationEndReason
 
@@ -61,3 +64,22 @@ class LocalEndedReplication(ReplicationEnded):
     """This side ended replication (L{colod.protocol.peer.PeerLink.end})."""
 
     WHO = "this colod"
+
+
+class StreamCutShort(ConnectionLost):
+    """
+    The connection closed where the peer's stream may not end: inside a
+    record or a header, or between records where more must follow.  A peer
+    whose host died while writing a record leaves exactly this, so it is a
+    lost connection (a secondary takes over from its last complete
+    checkpoint), never a protocol error, which would mean "do not take over".
+
+    @ivar stream_error: the codec's account of where the stream stopped.
+    """
+
+    def __init__(self, stream_error: StreamError) -> None:
+        super().__init__(stream_error)
+        self.stream_error = stream_error
+
+    def __str__(self) -> str:
+        return f"the link closed before the peer's stream was complete ({self.stream_error})"

@@ -27,7 +27,7 @@ from zope.interface import Interface
 
 from .decoder import CLOSED, NEED_DATA, Decoder
 from .encoder import Encoder
-from .errors import LocalEndedReplication, PeerEndedReplication, StreamError
+from .errors import LocalEndedReplication, PeerEndedReplication, StreamCutShort, StreamError
 from .handshake import HandshakeError, HandshakeTimeout, Hello, Role, check_peer
 from .records import Heartbeat, Record, ReplicationEnd, SkippedRecord, StreamHeader
 from .state import Channel
@@ -89,7 +89,9 @@ class IPeerLinkObserver(Interface):
             (after SHUTDOWN its guest runs on: do not take over);
           - L{LocalEndedReplication}: this side called L{PeerLink.end};
           - a L{HandshakeError};
-          - a L{StreamError}: the peer's stream was malformed or truncated;
+          - a L{StreamError}: the peer's stream was malformed;
+          - L{StreamCutShort}: the connection closed where the stream may
+            not end (inside a record, say), as when the peer's host dies;
           - or the connection's own reason for a clean or abrupt close,
             which cannot tell a peer that stopped from one that died.
         """
@@ -173,7 +175,9 @@ class PeerLink(Protocol):
                     self._decoder.receive_data(b"")
                     self._drain()
                 except StreamError as error:
-                    reason = Failure(error)
+                    # Malformed bytes were refused as they came: at the end of
+                    # the file the stream can only have stopped short.
+                    reason = Failure(StreamCutShort(error))
         self._open = False
         self._failure = self._failure or reason
         self._report()
