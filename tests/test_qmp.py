@@ -149,8 +149,10 @@ class QMPConnectionTests(QemuTestCase):
             r"query-xen-replication-status, xen-colo-do-checkpoint, xen-set-replication ",
         )
         # A refused QEMU is not kept connected.
-        with self.assertRaises(QMPDisconnected):
+        with self.assertRaises(QMPDisconnected) as gone:
             await conn.execute("query-version")
+        self.assertTrue(str(gone.exception).startswith(
+            f"QMP query-version not sent: not connected to QEMU at {qsd.qmp_socket} "), str(gone.exception))
         self.assertNoNoise()
 
     @async_test

@@ -124,7 +124,10 @@ class MatchingTests(unittest.TestCase):
         self.assertEqual(catch_all.log, [("setup", ("xvda",))])
 
     def test_registry_refuses_non_providers(self) -> None:
-        self.assertRaises(TypeError, ProviderRegistry().register, object())
+        with self.assertRaises(TypeError) as caught:
+            ProviderRegistry().register(object())  # type: ignore[arg-type]
+        self.assertRegex(str(caught.exception),
+                         r"^<object object at 0x[0-9a-f]+> does not provide IDeviceProvider$")
 
     def test_failures_are_collected_by_device_name(self) -> None:
         """Every failed device is named; teardown runs on all whose setup began."""

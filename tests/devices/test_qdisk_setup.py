@@ -120,5 +120,8 @@ class SetupFailureTests(ReplicationTestCase):
         self.assertEqual(failure.failures["xvda"].description, "No top_bs or it is invalid")
         failure = await self.failed_setup(secondary)
         self.assertIsInstance(failure.failures["xvda"], ReplicationUnusable)
+        self.assertEqual(str(failure.failures["xvda"]),
+                         "QEMU refused to start replication earlier (No top_bs or it is invalid) and would "
+                         "abort if asked again: restart the device model")
         self.assertEqual((await secondary.qmp.execute("query-status"))["status"], "prelaunch")
         self.assertTrue(secondary.qemu.running())

@@ -8,13 +8,12 @@ twistd processes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import fail
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from colod.devices.errors import DeviceError
 from colod.engine.core import EngineCore
 from colod.engine.primary import CheckpointRefused, PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
@@ -22,10 +21,13 @@ from colod.engine.status import StatusFile
 from colod.guest.device_model import DeviceModelEngine
 from colod.guest.memory_image import MemoryImage
 from colod.guest.qemu_guest import QemuGuest
-from colod.protocol import CheckpointId, CheckpointState
+from colod.protocol import CheckpointId, CheckpointState, EmulatorContext
 from colod.protocol.handshake import Hello, Role
 from colod.protocol.peer import LinkTiming, PeerLink, PeerLinkFactory
+from colod.qemu_process import QemuProcess
+from tests.cluster import Direction, LinkProxy, record_of
 from tests.devices.pair import SIZE, TIMEOUT, ReplicationTestCase, Side, within
+from tests.qmp_proxy import QMPProxy
 from tests.rig import async_test, sleep
 
 PAGES = 64
@@ -42,8 +44,21 @@ class Node:
 
 
 class EnginePairTestCase(ReplicationTestCase):
-    async def pair(self, interval: float = 3600.0, checkpoint_timeout: float = TIMEOUT) -> tuple[Node, Node]:
-        """A primary and a secondary engine, linked, after their first checkpoint."""
+    #: The link proxy between the engines, when pair() was asked for one.
+    link_proxy: LinkProxy
+    #: By role: the QMP proxies in front of the QEMUs that pair() was asked to proxy.
+    qmp_proxies: dict[str, QMPProxy]
+    _proxy_qmp: frozenset[str] = frozenset()
+
+    async def pair(self, interval: float = 3600.0, checkpoint_timeout: float = TIMEOUT, *,
+                   proxy_link: bool = False, proxy_qmp: Sequence[str] = ()) -> tuple[Node, Node]:
+        """A primary and a secondary engine, linked, after their first checkpoint.
+
+        ``proxy_link``: the primary connects through a LinkProxy (tests/cluster.py);
+        ``proxy_qmp``: the roles whose QEMU everyone reaches through a QMPProxy.
+        """
+        self.qmp_proxies = {}
+        self._proxy_qmp = frozenset(proxy_qmp)
         self.make_images(1)
         nodes = {}
         for role in ("secondary", "primary"):
@@ -67,11 +82,25 @@ class EnginePairTestCase(ReplicationTestCase):
             Hello(Role.SECONDARY, "guest", "secondary"), "primary", secondary.engine, reactor, TIMING),
             interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        link = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(PeerLinkFactory(
+        target = port.getHost().port
+        if proxy_link:
+            self.link_proxy = LinkProxy(target)
+            target = self.link_proxy.listen()
+            self.addCleanup(self.link_proxy.close)
+        link = await TCP4ClientEndpoint(reactor, "127.0.0.1", target).connect(PeerLinkFactory(
             Hello(Role.PRIMARY, "guest", "primary"), "secondary", primary.engine, reactor, TIMING))
         self.addCleanup(self.shut_down, primary, secondary, link)
         await self.until(lambda: primary.engine.checkpoints >= 1 and secondary.engine.checkpoints >= 1)
         return primary, secondary
+
+    def start_qemu(self, name: str, args: Sequence[str] = (), **kwargs: str) -> QemuProcess:
+        """As QemuTestCase's; a QEMU named in pair()'s ``proxy_qmp`` is then reached through a QMPProxy."""
+        qemu = super().start_qemu(name, args, **kwargs)
+        if name in self._proxy_qmp:
+            proxy = self.qmp_proxies[name] = QMPProxy(qemu.qmp_socket)
+            qemu.qmp_socket = proxy.listen(str(self.workdir / f"{name}-proxy.qmp"))
+            self.addCleanup(proxy.close)
+        return qemu
 
     async def shut_down(self, primary: Node, secondary: Node, link: PeerLink) -> None:
         for node in (primary, secondary):
@@ -112,19 +141,17 @@ class CheckpointTests(EnginePairTestCase):
     @async_test
     async def test_secondary_keeps_the_last_checkpoints_device_state(self) -> None:
         """What the secondary would load at failover is the device state the primary sent last."""
-        primary, secondary = await self.pair()
+        primary, secondary = await self.pair(proxy_link=True)
+        staged = self.workdir / "secondary-state" / "device-state"
         sent: list[bytes] = []
-        emulator_records = primary.engine.guest.emulator_records
-
-        def keep(records: Any) -> Any:
-            sent.append(bytes(records[0].blob))
-            return records
-
-        primary.engine.guest.emulator_records = lambda: emulator_records().addCallback(keep)  # type: ignore
         for _ in range(3):
+            crossed = self.link_proxy.when(Direction.MAIN, record_of(EmulatorContext), lambda: None)
             await within(TIMEOUT, primary.engine.request_checkpoint())
-            self.assertEqual((self.workdir / "secondary-state" / "device-state").read_bytes(), sent[-1])
+            sent.append(bytes((await within(TIMEOUT, crossed)).blob))
+            self.assertEqual(staged.read_bytes(), sent[-1])
         self.assertEqual(sent[-1][:4], b"QEVM")
+        # QEMU's clock moves with every suspend, so each state is new: an older one would not pass.
+        self.assertEqual(len(set(sent)), len(sent))
 
     @async_test
     async def test_interval_triggers_checkpoints(self) -> None:
@@ -169,18 +196,24 @@ class PeerLossTests(EnginePairTestCase):
         self.assertIn("replication ended", primary.engine.error)
         self.assertEqual(await self.qemu_status(primary), "running")
         await primary.side.write("colo-disk0", 0x73, 0, 4096)
-        with self.assertRaises(CheckpointRefused):
+        with self.assertRaises(CheckpointRefused) as caught:
             await primary.engine.request_checkpoint()
+        self.assertEqual(str(caught.exception), "domain guest is not protected (unprotected)")
 
     @async_test
     async def test_hung_secondary_is_dropped_after_the_checkpoint_timeout(self) -> None:
         """A secondary that heartbeats but never answers does not keep the guest suspended."""
-        primary, secondary = await self.pair(checkpoint_timeout=0.5)
-        secondary.engine.deliver = lambda: None  # type: ignore[method-assign]
+        primary, secondary = await self.pair(checkpoint_timeout=0.5, proxy_qmp=["secondary"])
+        # The secondary's QEMU never answers its postsuspend's status query, so no SVM_SUSPENDED
+        # comes, while its colod (in this process) heartbeats on.
+        stalled = self.qmp_proxies["secondary"].stall("query-xen-replication-status", times=1)
         started = reactor.seconds()
-        with self.assertRaises(CheckpointRefused):
+        with self.assertRaises(CheckpointRefused) as caught:
             await within(TIMEOUT, primary.engine.request_checkpoint())
         self.assertLess(reactor.seconds() - started, 0.5 + 2.0)
+        self.assertEqual(str(caught.exception),
+                         "domain guest: replication ended: checkpoint 2 not complete after 0.5 s")
+        self.assertEqual(stalled.hits, 1)
         self.assertEqual(primary.engine.state, "dropping_secondary")
         await self.until(lambda: primary.engine.state == "unprotected")
         self.assertIn("checkpoint 2 not complete after 0.5 s", primary.engine.error)
@@ -188,11 +221,14 @@ class PeerLossTests(EnginePairTestCase):
 
     @async_test
     async def test_a_failed_drop_is_kept_in_the_error(self) -> None:
-        primary, secondary = await self.pair()
-        primary.side.group.drop_secondary = lambda: fail(DeviceError("yank refused"))  # type: ignore
+        """The primary's QEMU refuses to detach the secondary's disk: said in the error, the guest runs on."""
+        primary, secondary = await self.pair(proxy_qmp=["primary"])
+        refusal = self.qmp_proxies["primary"].fail("x-blockdev-change", "detaching refused", times=1)
         secondary.engine.link.transport.abortConnection()  # type: ignore[union-attr]
         await self.until(lambda: primary.engine.state == "unprotected")
-        self.assertIn("; detaching the secondary's replication failed: yank refused", primary.engine.error)
+        self.assertEqual(refusal.hits, 1)
+        self.assertIn("; detaching the secondary's replication failed: drop_secondary failed for xvda: "
+                      "QMP x-blockdev-change failed: GenericError: detaching refused", primary.engine.error)
         self.assertEqual(await self.qemu_status(primary), "running")
 
     @async_test
@@ -212,5 +248,6 @@ class PeerLossTests(EnginePairTestCase):
         primary, secondary = await self.pair()
         await within(TIMEOUT, primary.engine.shutdown())
         await self.until(lambda: secondary.engine.state == "ended")
-        self.assertIn("shutdown", secondary.engine.error)
+        self.assertEqual(secondary.engine.error, "replication ended: the peer ended replication: shutdown: "
+                                                 "colod on the primary is stopping; its guest runs on")
         self.assertEqual(await self.qemu_status(primary), "running")

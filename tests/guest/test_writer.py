@@ -62,11 +62,11 @@ def test_the_header_round_trips() -> None:
 
 
 def test_bad_workloads_are_refused() -> None:
-    with pytest.raises(ValueError, match="holds no block of 4096"):
+    with pytest.raises(ValueError, match=r"^a disk of 4095 bytes holds no block of 4096$"):
         Workload(0, 4, 4095)
-    with pytest.raises(ValueError, match="pages"):
+    with pytest.raises(ValueError, match=r"^'pages' must be >= 2: 1$"):
         Workload(0, 1, DISK_SIZE)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match=r"^'seed' must be < 18446744073709551616: 18446744073709551616$"):
         Workload(1 << 64, 4, DISK_SIZE)
 
 

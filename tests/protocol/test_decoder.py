@@ -46,13 +46,22 @@ def test_error_state_is_sticky() -> None:
     assert str(first.value).startswith("offset 0: not a libxl stream")
 
 
-@pytest.mark.parametrize("cut", [1, 15, 16, 20, 23, 24, 100])
-def test_truncated_plain_stream(cut: int) -> None:
-    """A plain stream must reach END; anywhere else EOF is an error at the cut record."""
+@pytest.mark.parametrize(("cut", "offset", "reason"), [
+    (1, 0, "stream ends inside a header (1 bytes of it)"),
+    (15, 0, "stream ends inside a header (15 bytes of it)"),
+    (16, 16, "stream ends in the libxl stream, before its libxc stream; expected LIBXC_CONTEXT, "
+             "EMULATOR_XENSTORE_DATA, EMULATOR_CONTEXT, END"),
+    (20, 16, "stream ends inside a header (4 bytes of it)"),
+    (23, 16, "stream ends inside a header (7 bytes of it)"),
+    (24, 24, "stream ends expecting the libxc image header; expected IMAGE_HEADER v2, IMAGE_HEADER v3"),
+    (100, 96, "stream ends inside a header (4 bytes of it)"),
+])
+def test_truncated_plain_stream(cut: int, offset: int, reason: str) -> None:
+    """A plain stream must reach END; anywhere else EOF is an error at the cut record, saying so."""
     data = encode(plain_hvm())[:cut]
     with pytest.raises(StreamError) as caught:
         decode(data)
-    assert caught.value.offset <= cut
+    assert (caught.value.offset, caught.value.reason) == (offset, reason)
 
 
 def test_clean_end_of_file() -> None:

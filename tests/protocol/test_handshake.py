@@ -31,34 +31,45 @@ def test_parse_needs_every_byte() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "error"),
+    ("data", "error", "reason"),
     [
-        (b"GET /", MalformedHello),
-        (WIRE[:8] + b"\x00\x02" + WIRE[10:], VersionMismatch),
-        (WIRE[:10] + b"\x03" + WIRE[11:], MalformedHello),
-        (WIRE[:12] + b"\x00\x00" + WIRE[14:], MalformedHello),
-        (WIRE[:-1] + b"\x01", MalformedHello),
-        (WIRE[:16] + b"\xff" + WIRE[17:], MalformedHello),
+        (b"GET /", MalformedHello, "the peer is not a colod peer link (bad magic)"),
+        (WIRE[:8] + b"\x00\x02" + WIRE[10:], VersionMismatch,
+         "peer speaks link protocol version 2, this colod 1"),
+        (WIRE[:10] + b"\x03" + WIRE[11:], MalformedHello,
+         "bad role byte 3 or reserved byte 0 in the peer's hello"),
+        (WIRE[:11] + b"\x01" + WIRE[12:], MalformedHello,
+         "bad role byte 1 or reserved byte 1 in the peer's hello"),
+        (WIRE[:12] + b"\x00\x00" + WIRE[14:], MalformedHello,
+         "domain or node name length out of range in the peer's hello"),
+        (WIRE[:-1] + b"\x01", MalformedHello, "non-zero padding in the peer's hello"),
+        (WIRE[:16] + b"\xff" + WIRE[17:], MalformedHello, "names in the peer's hello are not UTF-8"),
     ],
 )
-def test_parse_refuses(data: bytes, error: type) -> None:
-    with pytest.raises(error):
+def test_parse_refuses(data: bytes, error: type, reason: str) -> None:
+    with pytest.raises(error) as caught:
         Hello.parse(data)
+    assert str(caught.value) == reason
 
 
 def test_check_peer() -> None:
     secondary = Hello(Role.SECONDARY, "guest1", "node-b")
     check_peer(secondary, "node-a", HELLO)
-    with pytest.raises(RoleMismatch):
+    with pytest.raises(RoleMismatch) as role:
         check_peer(Hello(Role.PRIMARY, "guest1", "node-b"), "node-a", HELLO)
-    with pytest.raises(DomainMismatch):
+    assert str(role.value) == "both ends are primary"
+    with pytest.raises(DomainMismatch) as domain:
         check_peer(Hello(Role.SECONDARY, "guest2", "node-b"), "node-a", HELLO)
-    with pytest.raises(PeerMismatch):
+    assert str(domain.value) == "peer protects domain 'guest1', this side 'guest2'"
+    with pytest.raises(PeerMismatch) as node:
         check_peer(secondary, "node-c", HELLO)
+    assert str(node.value) == "peer is node 'node-a', expected 'node-c'"
 
 
 def test_names_must_fit() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^domain name must be 1 to 255 bytes of UTF-8$"):
         Hello(Role.PRIMARY, "", "n").encode()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^domain name must be 1 to 255 bytes of UTF-8$"):
         Hello(Role.PRIMARY, "d" * 256, "n").encode()
+    with pytest.raises(ValueError, match=r"^node name must be 1 to 255 bytes of UTF-8$"):
+        Hello(Role.PRIMARY, "d", "n" * 256).encode()

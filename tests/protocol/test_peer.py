@@ -8,7 +8,7 @@ from collections.abc import Callable
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
@@ -32,6 +32,7 @@ from colod.protocol import (
     Record,
     ReplicationEnd,
     ReplicationEndReason,
+    StreamCutShort,
     StreamError,
     StreamHeader,
 )
@@ -197,8 +198,9 @@ class PeerLinkTests(TestCase):
         yield self.open_pair()
         link = self.primary.link
         link.end(ReplicationEndReason.LOCAL_FAILURE, "")
-        with self.assertRaises(LinkNotOpen):
+        with self.assertRaises(LinkNotOpen) as caught:
             link.sendRecord(EmulatorContext())
+        self.assertEqual(str(caught.exception), "the peer link is not open")
         link.end(ReplicationEndReason.SHUTDOWN, "again")
         yield self.assertEnded(self.primary, self.secondary, ReplicationEndReason.LOCAL_FAILURE, "")
         link.end(ReplicationEndReason.SHUTDOWN, "after the loss")
@@ -228,13 +230,14 @@ class PeerLinkTests(TestCase):
 
     @inlineCallbacks
     def test_end_inside_the_libxc_headers(self):
-        """No record fits between LIBXC_CONTEXT and the domain header: the link just closes there."""
+        """No record fits between LIBXC_CONTEXT and the domain header: the link just closes there,
+        which the secondary sees as a stream cut short (before any checkpoint: nothing to take over)."""
         yield self.open_pair()
         self.primary.link.sendRecord(LibxcContext())
         self.primary.link.end(ReplicationEndReason.SHUTDOWN, "colod stopping")
         reason = yield self.secondary.lost
-        self.assertIsInstance(reason, StreamError)
-        self.assertIn("expecting the libxc image header", reason.reason)
+        self.assertIsInstance(reason, StreamCutShort)
+        self.assertIn("stream ends expecting the libxc image header", str(reason))
         self.assertIsInstance((yield self.primary.lost), LocalEndedReplication)
 
     def test_end_before_handshake(self):
@@ -290,10 +293,17 @@ class PeerLinkTests(TestCase):
     def test_refused_records_raise(self):
         """The link refuses records its stream may not carry; the stream stays usable."""
         yield self.open_pair()
-        with self.assertRaises(StreamError):
+        with self.assertRaises(StreamError) as main:
             self.primary.link.sendRecord(CheckpointState(CheckpointId.SVM_READY))
-        with self.assertRaises(StreamError):
+        self.assertEqual(str(main.exception),
+                         "offset 16: cannot send CHECKPOINT_STATE: CHECKPOINT_STATE(SVM_READY) is not "
+                         "allowed in the libxl stream, before its libxc stream; expected LIBXC_CONTEXT, "
+                         "EMULATOR_XENSTORE_DATA, EMULATOR_CONTEXT, END")
+        with self.assertRaises(StreamError) as back:
             self.secondary.link.sendRecord(CheckpointState(CheckpointId.NEW))
+        self.assertEqual(str(back.exception),
+                         "offset 0: cannot send CHECKPOINT_STATE: CHECKPOINT_STATE(NEW) is not allowed "
+                         "expecting the first SVM_READY; expected CHECKPOINT_STATE(SVM_READY)")
         self.primary.link.sendRecord(LibxcContext())
         yield wait_for(lambda: self.secondary.records == [StreamHeader(), LibxcContext()])
 
@@ -326,17 +336,20 @@ class PeerLinkTests(TestCase):
     def test_send_before_handshake(self):
         """Records cannot be sent before the peer's hello arrived."""
         link = PeerLink(PRIMARY, "node-b", self.primary, self.primary_clock, TIMING)
-        with self.assertRaises(LinkNotOpen):
+        with self.assertRaises(LinkNotOpen) as caught:
             link.sendRecord(LibxcContext())
+        self.assertEqual(str(caught.exception), "the peer link is not open")
 
     @inlineCallbacks
-    def assertRefused(self, error: type, local: Hello = SECONDARY, peer_node: str = "node-a",
+    def assertRefused(self, error: type, message: str, local: Hello = SECONDARY, peer_node: str = "node-a",
                       primary: Hello = PRIMARY, primary_peer: str = "node-b"):
+        """The secondary refuses the link with ``error`` saying ``message``; returns the primary's reason."""
         port = yield self.listen(local, peer_node)
         factory = PeerLinkFactory(primary, primary_peer, self.primary, self.primary_clock, TIMING)
         yield self.connect(port, factory)
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, error)
+        self.assertEqual(str(reason), message)
         primary_reason = yield self.primary.lost
         self.assertFalse(self.secondary.ready.called)
         self.assertEqual(self.secondary_clock.getDelayedCalls(), [])
@@ -344,17 +357,21 @@ class PeerLinkTests(TestCase):
 
     @inlineCallbacks
     def test_wrong_domain(self):
-        reason = yield self.assertRefused(DomainMismatch, local=Hello(Role.SECONDARY, "guest2", "node-b"))
+        reason = yield self.assertRefused(DomainMismatch, "peer protects domain 'guest1', this side 'guest2'",
+                                          local=Hello(Role.SECONDARY, "guest2", "node-b"))
         self.assertIsInstance(reason, DomainMismatch)
+        self.assertEqual(str(reason), "peer protects domain 'guest2', this side 'guest1'")
 
     @inlineCallbacks
     def test_wrong_role(self):
-        reason = yield self.assertRefused(RoleMismatch, local=Hello(Role.PRIMARY, "guest1", "node-b"))
+        reason = yield self.assertRefused(RoleMismatch, "both ends are primary",
+                                          local=Hello(Role.PRIMARY, "guest1", "node-b"))
         self.assertIsInstance(reason, RoleMismatch)
+        self.assertEqual(str(reason), "both ends are primary")
 
     @inlineCallbacks
     def test_wrong_peer(self):
-        yield self.assertRefused(PeerMismatch, peer_node="node-c")
+        yield self.assertRefused(PeerMismatch, "peer is node 'node-a', expected 'node-c'", peer_node="node-c")
 
     @inlineCallbacks
     def test_wrong_version(self):
@@ -364,6 +381,7 @@ class PeerLinkTests(TestCase):
         yield self.connect(port, Factory.forProtocol(lambda: RawHello(bytes(hello))))
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, VersionMismatch)
+        self.assertEqual(str(reason), "peer speaks link protocol version 2, this colod 1")
 
     @inlineCallbacks
     def test_not_a_peer(self):
@@ -371,6 +389,7 @@ class PeerLinkTests(TestCase):
         yield self.connect(port, Factory.forProtocol(lambda: RawHello(b"GET / HTTP/1.1\r\n\r\n")))
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, MalformedHello)
+        self.assertEqual(str(reason), "the peer is not a colod peer link (bad magic)")
 
     @inlineCallbacks
     def test_handshake_deadline(self):
@@ -382,6 +401,7 @@ class PeerLinkTests(TestCase):
         self.secondary_clock.advance(10.0)
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, HandshakeTimeout)
+        self.assertEqual(str(reason), "no hello from the peer within 10.0 s")
 
     @inlineCallbacks
     def test_malformed_stream(self):
@@ -391,6 +411,8 @@ class PeerLinkTests(TestCase):
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, StreamError)
         self.assertEqual(reason.offset, 0)
+        self.assertEqual(str(reason), "offset 0: not a libxl stream: ident 0x4e6f744c6962786c, "
+                                      "expected 0x4c6962786c466d74 ('LibxlFmt')")
 
     @inlineCallbacks
     def test_malformed_stream_is_named_to_the_peer(self):
@@ -414,7 +436,8 @@ class PeerLinkTests(TestCase):
 
     @inlineCallbacks
     def test_truncated_stream(self):
-        """A peer that closes inside a record is reported as a StreamError, not a clean close."""
+        """A peer that closes inside a record is a lost connection (its host may have died), not a
+        clean close, and not a malformed stream (which would forbid a takeover)."""
         port = yield self.listen()
         header = StreamHeader()
         data = PRIMARY.encode() + encode([header, LibxcContext()])[:20]
@@ -422,8 +445,11 @@ class PeerLinkTests(TestCase):
         yield wait_for(lambda: self.secondary.records == [header])
         client.transport.loseConnection()
         reason = yield self.secondary.lost
-        self.assertIsInstance(reason, StreamError)
-        self.assertIn("ends inside", reason.reason)
+        self.assertIsInstance(reason, StreamCutShort)
+        self.assertIsInstance(reason, ConnectionLost)
+        self.assertNotIsInstance(reason, StreamError)
+        self.assertEqual(str(reason), "the link closed before the peer's stream was complete (offset 16: "
+                                      "stream ends inside a header (4 bytes of it))")
 
 
 @inlineCallbacks

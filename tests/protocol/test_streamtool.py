@@ -44,17 +44,28 @@ def test_verify_invalid_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert err == "offset 36: libxc image version 9, expected 2 or 3\n"
 
 
-@pytest.mark.parametrize("argv", [[], ["verify"], ["frobnicate", "x"], ["verify", "x", "--channel", "side"]])
-def test_usage_errors(argv: list[str]) -> None:
+@pytest.mark.parametrize(("argv", "said"), [
+    ([], "colod-stream: error: the following arguments are required: command"),
+    (["verify"], "colod-stream verify: error: the following arguments are required: file"),
+    (["frobnicate", "x"], "colod-stream: error: argument command: invalid choice: 'frobnicate' "),
+    (["verify", "x", "--channel", "side"],
+     "colod-stream verify: error: argument --channel: invalid choice: 'side' "),
+])
+def test_usage_errors(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit status 2, and argparse's last line names the problem (the choices' format varies by Python)."""
     with pytest.raises(SystemExit) as caught:
         main(argv)
     assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(said)
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing"
     with pytest.raises(SystemExit) as caught:
-        main(["verify", str(tmp_path / "missing")])
+        main(["verify", str(missing)])
     assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"colod-stream: error: cannot read {missing}: No such file or directory")
 
 
 def test_dump_text(colo: Path, capsys: pytest.CaptureFixture[str]) -> None:
