@@ -95,6 +95,22 @@ MUTANTS = (
          "tests/engine/test_failover.py::FailoverTests::test_qemu_killed_between_checkpoints"),
     ),
     Mutant(
+        "older-device-state-kept",
+        "the secondary keeps the first device state it was sent instead of the newest",
+        (("colod/guest/device_model.py", "            os.replace(name, self._staged)\n",
+          "            os.replace(name, self._staged) if not self._staged.exists() else os.unlink(name)\n"),),
+        ("tests/engine/test_engines.py::CheckpointTests::test_secondary_keeps_the_last_checkpoints_device_state",
+         "tests/guest/test_device_model.py::DeviceModelTests::test_failover_loads_the_newest_state_and_runs"),
+    ),
+    Mutant(
+        "failed-detach-swallowed",
+        "dropping the secondary hides a detach that QEMU refused",
+        (("colod/devices/qdisk_primary.py", "        await self._remove(\"drop_secondary\")\n",
+          "        try:\n            await self._remove(\"drop_secondary\")\n"
+          "        except Exception:  # noqa: BLE001\n            pass\n"),),
+        ("tests/engine/test_engines.py::PeerLossTests::test_a_failed_drop_is_kept_in_the_error",),
+    ),
+    Mutant(
         "stream-cut-short-is-a-protocol-error",
         "a link that closes inside a record is taken for a malformed stream, which forbids the takeover",
         (("colod/protocol/peer.py", "reason = Failure(StreamCutShort(error))", "reason = Failure(error)"),),
