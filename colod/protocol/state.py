@@ -76,6 +76,7 @@ from .records import (
     X86PvVcpuMsrs,
     X86PvVcpuXsave,
     X86TscInfo,
+    record_name,
     type_name,
 )
 from .wire import CheckpointId, GuestType, Namespace
@@ -227,8 +228,9 @@ def next_state(state: State, record: object) -> State | str:
     key = event_key(record)
     new = TRANSITIONS[state].get(key)
     if new is None or new is S.ERROR:
+        subject = record_name(record) if isinstance(record, SkippedRecord) else _describe(key)
         return _EXPLAINED.get((state, key)) or (
-            f"{_describe(key)} is not allowed {state.value}; expected {expected(state)}"
+            f"{subject} is not allowed {state.value}; expected {expected(state)}"
         )
     return new
 
@@ -251,7 +253,8 @@ class Tracker:
             return new
         guest = getattr(record, "GUEST", None)
         if guest is not None and guest is not self.guest:
-            return f"{type_name(type(record))} belongs to {guest.name} streams, this is {self.guest!s}"
+            this = self.guest.name if self.guest is not None else "not known yet"
+            return f"{type_name(type(record))} belongs to {guest.name} streams, this is {this}"
         return None
 
     def advance(self, record: object) -> str | None:
