@@ -1,4 +1,4 @@
-"""The package as pip installs it: the twistd dropin ships and is found."""
+"""The package as pip installs it: every package ships, and the twistd dropin is found and loads."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class WheelTests(ScratchTestCase):
         self.assertIn("twisted/plugins/colod_plugin.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
+        packages = {str(init.relative_to(REPO)) for init in (REPO / "colod").rglob("__init__.py")}
+        self.assertEqual(packages - names, set(), "packages missing from setup.cfg's [options] packages")
         target = out / "site"
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -35,7 +37,7 @@ class WheelTests(ScratchTestCase):
         probe = (
             "import sys; sys.path.insert(0, sys.argv[1]);"
             "from twisted.plugin import getPlugins; from twisted.application.service import IServiceMaker;"
-            "import colod; assert colod.__file__.startswith(sys.argv[1]), colod.__file__;"
+            "import colod.tap as tap; assert tap.__file__.startswith(sys.argv[1]), tap.__file__;"
             "print(sorted(p.tapname for p in getPlugins(IServiceMaker) if p.tapname == 'colod'))"
         )
         # Run outside the repository so that only the installed copy can be found.
