@@ -35,6 +35,8 @@ import attrs
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds one mutant's tests may take.
 TIMEOUT = 900
+#: Failing tests named per mutant; the rest are counted.
+SHOWN = 3
 
 
 @attrs.frozen
@@ -166,10 +168,12 @@ def run(mutant: Mutant) -> tuple[bool, str]:
                   if line.startswith("FAILED ")]
         uncaught = [test for test in mutant.tests
                     if not any(f == test or f.startswith(f"{test}::") for f in failed)]
+        more = f" and {len(failed) - SHOWN} more" if len(failed) > SHOWN else ""
+        shown = ", ".join(failed[:SHOWN]) + more
         if done.returncode == 1 and not uncaught:
-            return True, f"caught by {', '.join(failed)} ({took:.0f} s)"
+            return True, f"caught by {shown} ({took:.0f} s)"
         if failed:
-            return False, f"{', '.join(uncaught)} passed; failed: {', '.join(failed)} ({took:.0f} s)"
+            return False, f"{', '.join(uncaught)} passed; failed: {shown} ({took:.0f} s)"
         last = done.stdout.strip().splitlines()[-1:] or ["no output"]
         return False, f"pytest exit {done.returncode}: {last[0]} ({took:.0f} s)"
 
