@@ -1,0 +1,1 @@
+"""Tests for colod.xen: the libxl-save-helper message codec and its Twisted driver."""
