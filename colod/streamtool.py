@@ -2,9 +2,9 @@
 """
 colod-stream: check or list a captured checkpoint stream.
 
-Unlike Xen's verify-stream-v2 it understands checkpointed COLO streams and
-the header-less back channel, and it streams its input, so captures of many
-GiB need no more memory than their largest record.
+Unlike Xen's verify-stream-v2 it understands checkpointed COLO and Remus
+streams and the header-less back channel, and it streams its input, so
+captures of many GiB need no more memory than their largest record.
 
 Exit status: 0 valid, 1 invalid (one line "offset N: reason" on stderr),
 2 usage or I/O error.
@@ -25,6 +25,7 @@ from colod.protocol import (
     CLOSED,
     NEED_DATA,
     Channel,
+    Checkpointed,
     Decoder,
     Frame,
     PageData,
@@ -37,9 +38,11 @@ from colod.protocol import (
 READ_SIZE = 1 << 20
 
 
-def records(stream: BinaryIO, channel: Channel) -> Iterator[tuple[Frame, Record]]:
+def records(
+    stream: BinaryIO, channel: Channel, checkpointed: Checkpointed = Checkpointed.AUTO
+) -> Iterator[tuple[Frame, Record]]:
     """Each record of C{stream} with its position, reading it a chunk at a time."""
-    decoder = Decoder(channel)
+    decoder = Decoder(channel, checkpointed)
     while True:
         chunk = stream.read(READ_SIZE)
         decoder.receive_data(chunk)
@@ -100,7 +103,7 @@ def _run(args: argparse.Namespace, stream: BinaryIO) -> int:
     channel = Channel(args.channel)
     count = 0
     try:
-        for frame, record in records(stream, channel):
+        for frame, record in records(stream, channel, Checkpointed(args.checkpointed)):
             count += 1
             if args.command == "dump":
                 print(dump_line(frame, record, args.json))
@@ -120,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("file", help="stream file, or - for standard input")
         command.add_argument("--channel", choices=[c.value for c in Channel], default="main")
+        command.add_argument(
+            "--checkpointed", choices=[c.value for c in Checkpointed], default="auto",
+            help="main channel: COLO (CHECKPOINT_STATE after each CHECKPOINT_END), Remus (xl remus: "
+            "none), or decided by the record after the first CHECKPOINT_END (default)",
+        )
         if name == "dump":
             command.add_argument("--json", action="store_true", help="one JSON object per record")
     return parser

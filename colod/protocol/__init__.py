@@ -51,12 +51,13 @@ from .records import (
     record_name,
     type_name,
 )
-from .state import Channel
+from .state import Channel, Checkpointed
 from .wire import CheckpointId, EmulatorId, GuestType, Namespace, PageType, ReplicationEndReason
 
 __all__ = [
     "CLOSED", "NEED_DATA", "Buffer", "Channel", "Checkpoint", "CheckpointDirtyPfnList", "CheckpointEnd",
-    "CheckpointId", "CheckpointState", "Decoder", "DomainHeader", "EmulatorContext", "EmulatorId",
+    "Checkpointed", "CheckpointId", "CheckpointState", "Decoder", "DomainHeader", "EmulatorContext",
+    "EmulatorId",
     "EmulatorXenstoreData", "Encoder", "End", "Frame", "GuestType", "HandshakeError", "Heartbeat",
     "HvmContext", "HvmParams", "ImageHeader", "LibxcContext", "LibxcEnd", "LocalEndedReplication",
     "Namespace", "PageData", "PageType", "PeerEndedReplication", "Record", "ReplicationEnd",

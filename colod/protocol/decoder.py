@@ -34,7 +34,7 @@ from .readers import (
     read_stream_header,
 )
 from .records import DomainHeader, ImageHeader, Record, SkippedRecord, StreamHeader
-from .state import CLEAN_EOF, FINAL, HEADER_STATES, NAMESPACE, Channel, State, Tracker, expected
+from .state import FINAL, HEADER_STATES, NAMESPACE, Channel, Checkpointed, State, Tracker
 from .wire import (
     DOMAIN_HEADER,
     IMAGE_HEADER,
@@ -90,13 +90,20 @@ class _Pending:
 
 class Decoder:
     """
-    Decode one direction of the peer link.
+    Decode one direction of the peer link, or a saved stream.
+
+    C{checkpointed} says what a checkpointed main stream does between
+    checkpoints: COLO (the peer link's), REMUS (Xen's C{xl remus}), or AUTO,
+    decided by the record after the first CHECKPOINT_END (see
+    L{colod.protocol.state}).
 
     @ivar last_frame: position of the record last returned by L{next_record}.
     """
 
-    def __init__(self, channel: Channel = Channel.MAIN) -> None:
-        self._position = Tracker(channel)
+    def __init__(
+        self, channel: Channel = Channel.MAIN, checkpointed: Checkpointed = Checkpointed.COLO
+    ) -> None:
+        self._position = Tracker(channel, checkpointed)
         self._chunks: deque[memoryview] = deque()
         self._buffered = 0
         self._offset = 0  # stream offset of the first unconsumed byte
@@ -104,6 +111,11 @@ class Decoder:
         self._pending: _Pending | None = None
         self._error: StreamError | None = None
         self.last_frame = Frame(0, 0)
+
+    @property
+    def checkpointed(self) -> Checkpointed:
+        """The mode the stream is read in: AUTO until an AUTO stream's first checkpoint decides it."""
+        return self._position.mode
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """
@@ -176,7 +188,10 @@ class Decoder:
                 raise StreamError(
                     offset + 4, f"record type {rtype:#x} claims {length} bytes, over the 128 MiB limit"
                 )
-            namespace = NAMESPACE[state]
+            reason = self._position.header(rtype, length)
+            if reason is not None:
+                raise StreamError(offset, reason)
+            namespace = NAMESPACE[self._position.state]
             self._pending = _Pending(offset, namespace, rtype, length, length + padding(length))
         pending = self._pending
         raw = self._collect(pending)
@@ -222,9 +237,9 @@ class Decoder:
             )
         if self._buffered:
             raise StreamError(self._offset, f"stream ends inside a header ({self._buffered} bytes of it)")
-        state = self._position.state
-        if state not in CLEAN_EOF:
-            raise StreamError(self._offset, f"stream ends {state.value}; expected {expected(state)}")
+        reason = self._position.end_of_file()
+        if reason is not None:
+            raise StreamError(self._offset, reason)
         return CLOSED
 
     def _take(self, size: int) -> memoryview | None:

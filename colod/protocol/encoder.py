@@ -11,15 +11,22 @@ from __future__ import annotations
 
 from .errors import StreamError
 from .records import Record, record_name
-from .state import Channel, Tracker
+from .state import Channel, Checkpointed, Tracker
 from .writers import Chunk, write_record
 
 
 class Encoder:
-    """Encode one direction of the peer link (main or back channel)."""
+    """
+    Encode one direction of the peer link (main or back channel), COLO
+    checkpointed, or a Remus-checkpointed main stream (C{Checkpointed.REMUS}).
+    """
 
-    def __init__(self, channel: Channel = Channel.MAIN) -> None:
-        self._position = Tracker(channel)
+    def __init__(
+        self, channel: Channel = Channel.MAIN, checkpointed: Checkpointed = Checkpointed.COLO
+    ) -> None:
+        if checkpointed is Checkpointed.AUTO:
+            raise ValueError("an encoder must be told COLO or REMUS; AUTO is for decoding")
+        self._position = Tracker(channel, checkpointed)
         self._offset = 0
 
     def can_send(self, record: Record) -> bool:

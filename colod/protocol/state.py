@@ -25,6 +25,22 @@ xg_sr_restore.c do between them, whose records come next:
   records.  After the first checkpoint a libxc END means "failover": libxc
   stops reading and so does the stream.
 
+That is the COLO checkpointed stream (L{Checkpointed.COLO}, the only kind
+colods exchange).  Xen's Remus (C{xl remus}) writes the same stream without
+CHECKPOINT_STATE: after CHECKPOINT_END libxc reads the next checkpoint's
+records straight away (L{Checkpointed.REMUS}).  The two tables differ only in
+where CHECKPOINT_END leads (L{AFTER_CHECKPOINT_END}).  A reader of a file may
+not know which it has (L{Checkpointed.AUTO}): then the first CHECKPOINT_END
+leads to UNDECIDED, and the header of the next record decides (L{classify}:
+libxl CHECKPOINT_STATE is type 5 with a 4-byte body; libxc type 5 is
+X86_PV_VCPU_EXTENDED, never 4 bytes long).  From then on the stream is held
+to that mode: the header after every later CHECKPOINT_END is classified the
+same way, and one of the other mode is refused.  Refusals in a REMUS stream
+or a decided AUTO one name the mode; in COLO, the peer link's mode, they are
+the table's own, as before.  Deciding and that check are the one rule read
+from a record header rather than a record (L{Tracker.header}); the decoder
+only calls it.
+
 The back channel has no header and carries, in lock step, SVM_READY and
 SVM_RESUMED after the first checkpoint, then for every later one
 SVM_SUSPENDED, CHECKPOINT_DIRTY_PFN_LIST, SVM_READY, SVM_RESUMED.
@@ -79,12 +95,20 @@ from .records import (
     record_name,
     type_name,
 )
-from .wire import CheckpointId, GuestType, Namespace
+from .wire import CheckpointId, ColodType, GuestType, LibxlType, Namespace
 
 
 class Channel(enum.Enum):
     MAIN = "main"  # primary to secondary, with the libxl stream header
     BACK = "back"  # secondary to primary, header-less
+
+
+class Checkpointed(enum.Enum):
+    """What a checkpointed main stream does between checkpoints."""
+
+    COLO = "colo"  # CHECKPOINT_STATE(NEW) after each CHECKPOINT_END
+    REMUS = "remus"  # the next checkpoint's libxc records right after CHECKPOINT_END
+    AUTO = "auto"  # decided by the record after the first CHECKPOINT_END (decoder only)
 
 
 class State(enum.Enum):
@@ -101,6 +125,7 @@ class State(enum.Enum):
     CHECKPOINT = "in the libxl part of a checkpoint"
     AWAIT_NEW = "between checkpoints, expecting CHECKPOINT_STATE(NEW)"
     LIBXC_CHECKPOINTED = "in the libxc part of a checkpoint"
+    UNDECIDED = "after the first checkpoint, before the stream shows whether it is COLO or Remus"
     DONE = "after the end of the stream"
     # back channel
     BACK_START = "expecting the first SVM_READY"
@@ -150,6 +175,7 @@ TRANSITIONS: dict[State, dict[Hashable, State]] = {
         Checkpoint: S.CHECKPOINT,
         LibxcEnd: S.DONE,
     },
+    S.UNDECIDED: {},  # the next record header decides the mode first (Tracker.header)
     S.DONE: {},
     S.BACK_START: {CheckpointId.SVM_READY: S.SVM_READY},
     S.SVM_READY: {CheckpointId.SVM_RESUMED: S.SVM_RESUMED},
@@ -158,6 +184,26 @@ TRANSITIONS: dict[State, dict[Hashable, State]] = {
     S.DIRTY_PFN_LIST: {CheckpointId.SVM_READY: S.SVM_READY},
     S.ENDED: {},
     S.ERROR: {},
+}
+
+#: Where CHECKPOINT_END leads in each mode: the only moves the tables differ in.
+AFTER_CHECKPOINT_END: dict[Checkpointed, State] = {
+    Checkpointed.COLO: S.AWAIT_NEW,
+    Checkpointed.REMUS: S.LIBXC_CHECKPOINTED,
+    Checkpointed.AUTO: S.UNDECIDED,
+}
+
+
+def _checkpoint_end_to(new: State) -> dict[State, dict[Hashable, State]]:
+    return {
+        **TRANSITIONS,
+        **{state: {**TRANSITIONS[state], CheckpointEnd: new} for state in (S.FIRST_CHECKPOINT, S.CHECKPOINT)},
+    }
+
+
+#: The transition table of each mode (L{TRANSITIONS} is COLO's).
+TABLES: dict[Checkpointed, dict[State, dict[Hashable, State]]] = {
+    mode: _checkpoint_end_to(new) for mode, new in AFTER_CHECKPOINT_END.items()
 }
 
 #: Records legal at every record boundary (every state in L{NAMESPACE}), in
@@ -175,6 +221,7 @@ NAMESPACE: dict[State, Namespace] = {
     S.CHECKPOINT: Namespace.LIBXL,
     S.AWAIT_NEW: Namespace.LIBXL,
     S.LIBXC_CHECKPOINTED: Namespace.LIBXC,
+    S.UNDECIDED: Namespace.LIBXL,  # only colod's records are read here: any other header decides
     S.BACK_START: Namespace.LIBXL,
     S.SVM_READY: Namespace.LIBXL,
     S.SVM_RESUMED: Namespace.LIBXL,
@@ -196,10 +243,12 @@ FINAL = frozenset({S.DONE, S.ENDED})
 #: Where the peer may close its side cleanly: after END, after a libxc END
 #: that ended a checkpointed stream, or anywhere between records once one
 #: checkpoint is complete (Xen's secondary then fails over to the last
-#: complete checkpoint).  The back channel may stop at any record boundary.
+#: complete checkpoint; Xen's Remus receiver does the same, also right after a
+#: CHECKPOINT_END, where a Remus stream is in LIBXC_CHECKPOINTED and an AUTO
+#: one in UNDECIDED).  The back channel may stop at any record boundary.
 #: Either channel may stop after COLOD_REPLICATION_END.
 CLEAN_EOF = frozenset({
-    S.DONE, S.ENDED, S.AWAIT_NEW, S.LIBXC_CHECKPOINTED, S.CHECKPOINT,
+    S.DONE, S.ENDED, S.AWAIT_NEW, S.LIBXC_CHECKPOINTED, S.CHECKPOINT, S.UNDECIDED,
     S.BACK_START, S.SVM_READY, S.SVM_RESUMED, S.SVM_SUSPENDED, S.DIRTY_PFN_LIST,
 })
 
@@ -218,39 +267,84 @@ def event_key(record: object) -> Hashable:
     return type(record)
 
 
-def next_state(state: State, record: object) -> State | str:
+_COLOD_TYPES = frozenset(ColodType)
+
+
+def classify(rtype: int, length: int) -> Checkpointed | None:
     """
-    The state after C{record} is read (or written) in C{state}, or the reason
-    it may not appear there.
+    Which mode a record header right after CHECKPOINT_END belongs to: COLO
+    for libxl CHECKPOINT_STATE (type 5, 4-byte body), REMUS for anything
+    else (libxc records), None for colod's own records, which decide nothing.
+    """
+    if rtype in _COLOD_TYPES:
+        return None
+    if rtype == LibxlType.CHECKPOINT_STATE and length == 4:
+        return Checkpointed.COLO
+    return Checkpointed.REMUS
+
+
+def next_state(state: State, record: object, mode: Checkpointed = Checkpointed.COLO) -> State | str:
+    """
+    The state after C{record} is read (or written) in C{state} in a stream
+    of C{mode}, or the reason it may not appear there.
     """
     if state in NAMESPACE and type(record) in ANYWHERE:
         return ANYWHERE[type(record)] or state
     key = event_key(record)
-    new = TRANSITIONS[state].get(key)
+    new = TABLES[mode][state].get(key)
     if new is None or new is S.ERROR:
         subject = record_name(record) if isinstance(record, SkippedRecord) else _describe(key)
         return _EXPLAINED.get((state, key)) or (
-            f"{subject} is not allowed {state.value}; expected {expected(state)}"
+            f"{subject} is not allowed {state.value}; expected {expected(state, mode)}"
         )
     return new
 
 
 class Tracker:
     """
-    One channel's position: its state and, from the domain header on, the
-    guest type (PV-only records are refused in HVM streams and vice versa,
-    as Xen's restore code does).
+    One channel's position: its state, its checkpointed mode and, from the
+    domain header on, the guest type (PV-only records are refused in HVM
+    streams and vice versa, as Xen's restore code does).
+
+    @ivar mode: the mode the stream is read in; AUTO until decided.
+    @ivar chosen: the mode asked for.
     """
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, mode: Checkpointed = Checkpointed.COLO) -> None:
         self.state = INITIAL[channel]
         self.guest: GuestType | None = None
+        self.mode = self.chosen = mode
+        self._after_checkpoint_end = False
+
+    def header(self, rtype: int, length: int) -> str | None:
+        """
+        Look at a framed record's header before its body is read.  Right
+        after a CHECKPOINT_END it decides an AUTO stream's mode, or refuses
+        one of the other mode (unless the mode was given as COLO).
+        """
+        if not self._after_checkpoint_end:
+            return None
+        kind = classify(rtype, length)
+        if kind is None:
+            return None
+        if self.mode is Checkpointed.AUTO:
+            self.mode = kind
+            self.state = AFTER_CHECKPOINT_END[kind]
+            return None
+        if kind is self.mode or self.chosen is Checkpointed.COLO:
+            return None
+        if kind is Checkpointed.COLO:
+            found = "CHECKPOINT_STATE (libxl type 5, 4 bytes) after CHECKPOINT_END, as in a COLO stream"
+        else:
+            found = (f"record type {rtype:#x} ({length} bytes) after CHECKPOINT_END where a COLO stream "
+                     "has CHECKPOINT_STATE(NEW), as in a Remus stream")
+        return self._note(found)
 
     def refusal(self, record: object) -> str | None:
         """Why C{record} may not come next, or None if it may."""
-        new = next_state(self.state, record)
+        new = next_state(self.state, record, self.mode)
         if isinstance(new, str):
-            return new
+            return self._note(new)
         guest = getattr(record, "GUEST", None)
         if guest is not None and guest is not self.guest:
             this = self.guest.name if self.guest is not None else "not known yet"
@@ -261,15 +355,36 @@ class Tracker:
         """Move past C{record}, or return why it may not come next (and stay)."""
         reason = self.refusal(record)
         if reason is None:
-            self.state = next_state(self.state, record)
+            self.state = next_state(self.state, record, self.mode)
             if isinstance(record, DomainHeader):
                 self.guest = record.guest_type
+            if type(record) not in ANYWHERE:
+                self._after_checkpoint_end = isinstance(record, CheckpointEnd)
         return reason
 
+    def end_of_file(self) -> str | None:
+        """Why the stream may not end here, or None if it may."""
+        if self.state in CLEAN_EOF:
+            return None
+        return self._note(f"stream ends {self.state.value}; expected {expected(self.state, self.mode)}")
 
-def expected(state: State) -> str:
+    def _note(self, reason: str) -> str:
+        """C{reason}, naming the mode unless it is the peer link's COLO or not decided yet."""
+        return reason + mode_note(self.chosen, self.mode)
+
+
+def mode_note(chosen: Checkpointed, mode: Checkpointed) -> str:
+    """How refusals name the mode a stream is read in (chosen, then decided)."""
+    if mode is Checkpointed.AUTO or (chosen, mode) == (Checkpointed.COLO, Checkpointed.COLO):
+        return ""
+    name = "a Remus" if mode is Checkpointed.REMUS else "a COLO"
+    decided = ", as decided after its first checkpoint" if chosen is Checkpointed.AUTO else ""
+    return f" (read as {name} stream{decided})"
+
+
+def expected(state: State, mode: Checkpointed = Checkpointed.COLO) -> str:
     """What may come next in C{state}, for error messages."""
-    keys = [key for key, new in TRANSITIONS[state].items() if new is not S.ERROR]
+    keys = [key for key, new in TABLES[mode][state].items() if new is not S.ERROR]
     return ", ".join(_describe(key) for key in keys) or "nothing"
 
 

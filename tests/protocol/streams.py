@@ -10,6 +10,7 @@ from colod.protocol import (
     Channel,
     Checkpoint,
     CheckpointDirtyPfnList,
+    Checkpointed,
     CheckpointEnd,
     CheckpointId,
     CheckpointState,
@@ -38,14 +39,19 @@ from colod.protocol import (
 )
 
 
-def encode(records: Iterable[Record], channel: Channel = Channel.MAIN) -> bytes:
-    encoder = Encoder(channel)
+def encode(
+    records: Iterable[Record], channel: Channel = Channel.MAIN, checkpointed: Checkpointed = Checkpointed.COLO
+) -> bytes:
+    encoder = Encoder(channel, checkpointed)
     return b"".join(encoder.send(record) for record in records)
 
 
-def decode(data: bytes, channel: Channel = Channel.MAIN, sizes: Sequence[int] = ()) -> list[Record]:
+def decode(
+    data: bytes, channel: Channel = Channel.MAIN, sizes: Sequence[int] = (),
+    checkpointed: Checkpointed = Checkpointed.COLO,
+) -> list[Record]:
     """All records of C{data}, fed in chunks of C{sizes} (cycled; whole if empty), then EOF."""
-    decoder = Decoder(channel)
+    decoder = Decoder(channel, checkpointed)
     out: list[Record] = []
     position, turn = 0, 0
     while position < len(data):
@@ -122,4 +128,21 @@ def colo_back(checkpoints: int) -> list[Record]:
     for n in range(checkpoints):
         records += [CheckpointState(CheckpointId.SVM_SUSPENDED), CheckpointDirtyPfnList([n, 0x100 + n]),
                     ready, resumed]
+    return records
+
+
+def remus_main(checkpoints: int, failover: bool = False) -> list[Record]:
+    """
+    A main stream as Xen's C{xl remus} writes it (xen-colo-protocol.md 11.1):
+    the initial checkpoint, then C{checkpoints} more, each straight after the
+    last CHECKPOINT_END (no CHECKPOINT_STATE), cut after the last one, or
+    ended by a libxc END (failover) if C{failover}.
+    """
+    records = [*hvm_prologue(), pages(3), *hvm_end_of_checkpoint(), Checkpoint(),
+               EmulatorContext(blob=b"dm 0"), CheckpointEnd()]
+    for n in range(1, checkpoints + 1):
+        records += [pages(1, fill=n), *hvm_end_of_checkpoint(), Checkpoint(),
+                    EmulatorContext(blob=b"dm %d" % n), CheckpointEnd()]
+    if failover:
+        records.append(LibxcEnd())
     return records

@@ -28,7 +28,7 @@ from colod.protocol.state import (
     FINAL,
     HEADER_STATES,
     NAMESPACE,
-    TRANSITIONS,
+    TABLES,
     Channel,
     State,
     Tracker,
@@ -49,7 +49,7 @@ def walk(channel: Channel, records: list) -> Tracker:
 
 
 def test_every_state_is_reachable_and_described() -> None:
-    targets = {new for moves in TRANSITIONS.values() for new in moves.values()}
+    targets = {new for table in TABLES.values() for moves in table.values() for new in moves.values()}
     reachable = {S.STREAM_HEADER, S.BACK_START} | targets | {new for new in ANYWHERE.values() if new}
     assert reachable == set(State)
     for state in State:

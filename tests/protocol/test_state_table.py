@@ -18,6 +18,11 @@ refused with exactly the expected words, whose "expected ..." list is computed
 from the hand-written table, so a table that gains a move also changes the
 reasons of every refusal in that state.  The order of that list is the order
 the moves are written in below (it is what operators read).
+
+The same is done for the Remus mode (xl remus: no CHECKPOINT_STATE, the next
+checkpoint's libxc records right after CHECKPOINT_END) and for the AUTO mode
+before its first checkpoint decides it; their moves are written by hand too,
+below LEGAL.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from colod.protocol.state import (
     HEADER_STATES,
     NAMESPACE,
     Channel,
+    Checkpointed,
     State,
     Tracker,
     event_key,
@@ -186,6 +192,9 @@ LEGAL: dict[State, dict[Hashable, State]] = {
         Checkpoint: S.CHECKPOINT,
         LibxcEnd: S.DONE,
     },
+    # AUTO only (unreachable in COLO): after the first CHECKPOINT_END the
+    # next record's header decides COLO or Remus before anything is read.
+    S.UNDECIDED: {},
     S.DONE: {},
     # Back channel (libxl_colo_save.c reads, libxl_colo_restore.c writes):
     # READY, RESUMED after the first checkpoint; then SUSPENDED, the libxc
@@ -198,6 +207,51 @@ LEGAL: dict[State, dict[Hashable, State]] = {
     S.DIRTY_PFN_LIST: {SVM_READY: S.SVM_READY},
     S.ENDED: {},
     S.ERROR: {},
+}
+
+COLO, REMUS, AUTO = Checkpointed.COLO, Checkpointed.REMUS, Checkpointed.AUTO
+
+#: Xen's Remus (libxl checkpointed_stream REMUS; xen-colo-protocol.md 11.1):
+#: nothing waits for a CHECKPOINT_STATE, libxc reads the next checkpoint's
+#: records right after CHECKPOINT_END.  Every other state moves as in LEGAL.
+REMUS_LEGAL: dict[State, dict[Hashable, State]] = {
+    **LEGAL,
+    S.FIRST_CHECKPOINT: {
+        EmulatorXenstoreData: S.FIRST_CHECKPOINT,
+        EmulatorContext: S.FIRST_CHECKPOINT,
+        CheckpointEnd: S.LIBXC_CHECKPOINTED,
+    },
+    S.CHECKPOINT: {
+        EmulatorXenstoreData: S.CHECKPOINT,
+        EmulatorContext: S.CHECKPOINT,
+        CheckpointEnd: S.LIBXC_CHECKPOINTED,
+    },
+}
+
+#: AUTO: as COLO until the first CHECKPOINT_END, which leads to UNDECIDED.
+AUTO_LEGAL: dict[State, dict[Hashable, State]] = {
+    **LEGAL,
+    S.FIRST_CHECKPOINT: {
+        EmulatorXenstoreData: S.FIRST_CHECKPOINT,
+        EmulatorContext: S.FIRST_CHECKPOINT,
+        CheckpointEnd: S.UNDECIDED,
+    },
+    S.CHECKPOINT: {
+        EmulatorXenstoreData: S.CHECKPOINT,
+        EmulatorContext: S.CHECKPOINT,
+        CheckpointEnd: S.UNDECIDED,
+    },
+}
+
+LEGAL_IN: dict[Checkpointed, dict[State, dict[Hashable, State]]] = {
+    COLO: LEGAL, REMUS: REMUS_LEGAL, AUTO: AUTO_LEGAL,
+}
+
+#: What a tracker adds to its refusals in each mode (as given; AUTO: while undecided).
+NOTE = {COLO: "", REMUS: " (read as a Remus stream)", AUTO: ""}
+DECIDED_NOTE = {
+    COLO: " (read as a COLO stream, as decided after its first checkpoint)",
+    REMUS: " (read as a Remus stream, as decided after its first checkpoint)",
 }
 
 #: Moves refused with their own explanation rather than the generic one.
@@ -215,6 +269,7 @@ BOUNDARY_NAMESPACE: dict[State, Namespace] = {
     S.CHECKPOINT: LIBXL,
     S.AWAIT_NEW: LIBXL,  # libxl reads CHECKPOINT_STATE inside libxc's callback
     S.LIBXC_CHECKPOINTED: LIBXC,
+    S.UNDECIDED: LIBXL,  # only colod's records get this far: any other header decides first
     S.BACK_START: LIBXL,
     S.SVM_READY: LIBXL,
     S.SVM_RESUMED: LIBXL,
@@ -239,9 +294,10 @@ FINAL_STATES = {S.DONE, S.ENDED}
 
 #: Where the peer may close cleanly: at the end, once a checkpoint is complete
 #: on the main channel (not inside the first one: there is nothing to fail
-#: over to), anywhere on the back channel.
+#: over to; Xen's Remus receiver fails over at EOF too, also right after a
+#: CHECKPOINT_END), anywhere on the back channel.
 CLEAN_EOF_STATES = {
-    S.DONE, S.ENDED, S.AWAIT_NEW, S.LIBXC_CHECKPOINTED, S.CHECKPOINT,
+    S.DONE, S.ENDED, S.AWAIT_NEW, S.LIBXC_CHECKPOINTED, S.CHECKPOINT, S.UNDECIDED,
     S.BACK_START, S.SVM_READY, S.SVM_RESUMED, S.SVM_SUSPENDED, S.DIRTY_PFN_LIST,
 }
 
@@ -346,30 +402,35 @@ def describe(key: Hashable) -> str:
     return type_name(key)
 
 
-def expected_text(state: State) -> str:
-    return ", ".join(describe(key) for key in LEGAL[state]) or "nothing"
+def expected_text(state: State, mode: Checkpointed = COLO) -> str:
+    return ", ".join(describe(key) for key in LEGAL_IN[mode][state]) or "nothing"
 
 
-def moves(state: State) -> dict[Hashable, State]:
+def moves(state: State, mode: Checkpointed = COLO) -> dict[Hashable, State]:
     """Every legal key in C{state} and where it leads."""
-    out = dict(LEGAL[state])
+    out = dict(LEGAL_IN[mode][state])
     if state in BOUNDARY_NAMESPACE:
         out.update({kind: new or state for kind, new in AT_ANY_BOUNDARY.items()})
     return out
 
 
-def outcome(state: State, key: Hashable) -> State | str:
-    """The state C{key} leads to in C{state}, or the exact reason it is refused."""
-    legal = moves(state)
+def outcome(state: State, key: Hashable, mode: Checkpointed = COLO) -> State | str:
+    """The state C{key} leads to in C{state}, or the exact reason it is refused (without NOTE)."""
+    legal = moves(state, mode)
     if key in legal:
         return legal[key]
     if (state, key) in EXPLAINED:
         return EXPLAINED[state, key]
-    return f"{describe(key)} is not allowed {state.value}; expected {expected_text(state)}"
+    return f"{describe(key)} is not allowed {state.value}; expected {expected_text(state, mode)}"
 
 
 def channel_of(state: State) -> Channel:
     return Channel.BACK if state in BACK_STATES else Channel.MAIN
+
+
+def mode_for(state: State) -> Checkpointed:
+    """The mode L{path_to} walks in: UNDECIDED is reached in AUTO only."""
+    return AUTO if state is S.UNDECIDED else COLO
 
 
 def path_to(state: State, guest: GuestType = HVM) -> list[object]:
@@ -396,6 +457,7 @@ def path_to(state: State, guest: GuestType = HVM) -> list[object]:
         S.AWAIT_NEW: await_new,
         S.LIBXC_CHECKPOINTED: checkpointed,
         S.CHECKPOINT: [*checkpointed, Checkpoint()],
+        S.UNDECIDED: await_new,  # in AUTO
         S.DONE: [*tail, End()],
         S.ENDED: [StreamHeader(), SAMPLES[ReplicationEnd]],
         S.BACK_START: [],
@@ -515,7 +577,7 @@ def test_clean_eof(state: State) -> None:
 @pytest.mark.parametrize("state", REACHABLE, ids=lambda state: state.name)
 def test_path(state: State) -> None:
     """The hand-written path reaches its state, from the channel's initial state."""
-    tracker = Tracker(channel_of(state))
+    tracker = Tracker(channel_of(state), mode_for(state))
     assert tracker.state is (S.BACK_START if channel_of(state) is Channel.BACK else S.STREAM_HEADER)
     assert tracker.guest is None
     for record in path_to(state):
@@ -560,7 +622,7 @@ def wire(record: object) -> bytes:
 
 
 def encoded_path(state: State, guest: GuestType) -> bytes:
-    encoder = Encoder(channel_of(state))
+    encoder = Encoder(channel_of(state))  # COLO: the path to UNDECIDED is a COLO stream's too
     return b"".join(encoder.send(record) for record in path_to(state, guest))
 
 
@@ -578,8 +640,8 @@ def _decodable(state: State, key: Hashable) -> bool:
 
 DECODER_MOVES = [
     pytest.param(state, key, id=f"{state.name}-{key_id(key)}")
-    for state in REACHABLE for key in KEYS if _decodable(state, key)
-]
+    for state in REACHABLE for key in KEYS if _decodable(state, key) and state is not S.UNDECIDED
+]  # in UNDECIDED a header decides the mode before the table is asked: test_auto_decides
 
 
 def _check_eof(decoder: Decoder, state: State) -> None:
@@ -616,7 +678,7 @@ def test_decoder_move(state: State, key: Hashable) -> None:
 
 @pytest.mark.parametrize("state", REACHABLE, ids=lambda state: state.name)
 def test_decoder_end_of_file(state: State) -> None:
-    decoder = Decoder(channel_of(state))
+    decoder = Decoder(channel_of(state), mode_for(state))
     decoder.receive_data(encoded_path(state, HVM))
     for _ in path_to(state):
         assert decoder.next_record() not in (NEED_DATA, CLOSED)
@@ -633,3 +695,181 @@ def test_decoder_nothing_after_final(state: State) -> None:
     with pytest.raises(StreamError) as caught:
         decoder.next_record()
     assert caught.value.reason == f"data {state.value} ({len(heartbeat)} bytes)"
+
+
+# --- Remus and AUTO: every state, every key --------------------------------------
+
+
+def remus_path_to(state: State, guest: GuestType = HVM) -> list[object]:
+    """Records that lead to C{state} in a Remus stream (where it is reachable)."""
+    first = [StreamHeader(), LibxcContext(), ImageHeader(3), DomainHeader(guest, 4, 17), StaticDataEnd(),
+             Checkpoint()]
+    checkpointed = [*first, CheckpointEnd()]
+    paths: dict[State, list[object]] = {
+        S.FIRST_CHECKPOINT: first,
+        S.LIBXC_CHECKPOINTED: checkpointed,
+        S.CHECKPOINT: [*checkpointed, Checkpoint()],
+        S.DONE: [*checkpointed, LibxcEnd()],
+    }
+    return paths.get(state, path_to(state, guest))
+
+
+#: Not reachable in a Remus stream: nothing waits for CHECKPOINT_STATE, nothing is undecided.
+REMUS_REACHABLE = [state for state in REACHABLE if state not in (S.AWAIT_NEW, S.UNDECIDED)]
+
+MODE_MOVES = [
+    pytest.param(mode, state, key, id=f"{mode.name}-{state.name}-{key_id(key)}")
+    for mode in (REMUS, AUTO) for state in State for key in KEYS
+]
+
+
+@pytest.mark.parametrize(("mode", "state", "key"), MODE_MOVES)
+def test_move_in_mode(mode: Checkpointed, state: State, key: Hashable) -> None:
+    """As test_move, in a Remus stream and in an AUTO one before it is decided."""
+    record = sample(key)
+    want = outcome(state, key, mode)
+    got = next_state(state, record, mode)
+    if isinstance(want, State):
+        assert got is want
+    else:
+        assert got == want
+
+    tracker = Tracker(channel_of(state), mode)
+    tracker.state = state
+    tracker.guest = getattr(record, "GUEST", HVM)
+    reason = tracker.advance(record)
+    if isinstance(want, State):
+        assert reason is None
+        assert tracker.state is want
+    else:
+        assert reason == want + NOTE[mode]
+        assert tracker.state is state
+
+
+def test_remus_moves_differ_from_colo_only_at_checkpoint_end() -> None:
+    """The hand tables agree with each other where Xen's code is the same."""
+    for mode in (REMUS, AUTO):
+        differ = {state for state in State if LEGAL_IN[mode][state] != LEGAL[state]}
+        assert differ == {S.FIRST_CHECKPOINT, S.CHECKPOINT}
+
+
+@pytest.mark.parametrize("mode", [REMUS, AUTO], ids=lambda mode: mode.name)
+@pytest.mark.parametrize("state", list(State), ids=lambda state: state.name)
+def test_expected_list_in_mode(mode: Checkpointed, state: State) -> None:
+    assert expected(state, mode) == expected_text(state, mode)
+
+
+@pytest.mark.parametrize("state", REMUS_REACHABLE, ids=lambda state: state.name)
+def test_remus_path(state: State) -> None:
+    tracker = Tracker(channel_of(state), REMUS)
+    for record in remus_path_to(state):
+        assert tracker.advance(record) is None, record
+    assert tracker.state is state
+
+
+def encoded_remus_path(state: State, guest: GuestType) -> bytes:
+    encoder = Encoder(channel_of(state), REMUS)
+    return b"".join(encoder.send(record) for record in remus_path_to(state, guest))
+
+
+REMUS_DECODER_MOVES = [
+    pytest.param(state, key, id=f"{state.name}-{key_id(key)}")
+    for state in REMUS_REACHABLE for key in KEYS if _decodable(state, key)
+]
+
+
+@pytest.mark.parametrize(("state", "key"), REMUS_DECODER_MOVES)
+def test_remus_decoder_move(state: State, key: Hashable) -> None:
+    """A REMUS decoder: decoded, or refused with the hand-written reason naming the mode."""
+    record = sample(key)
+    prefix = encoded_remus_path(state, getattr(record, "GUEST", HVM))
+    decoder = Decoder(channel_of(state), REMUS)
+    decoder.receive_data(prefix + wire(record))
+    for _ in remus_path_to(state):
+        assert decoder.next_record() not in (NEED_DATA, CLOSED)
+    want = outcome(state, key, REMUS)
+    if isinstance(want, State):
+        assert decoder.next_record() == record
+        assert decoder.next_record() is NEED_DATA
+        decoder.receive_data(b"")
+        if want in CLEAN_EOF_STATES:
+            assert decoder.next_record() is CLOSED
+        else:
+            with pytest.raises(StreamError) as caught:
+                decoder.next_record()
+            assert caught.value.reason == (
+                f"stream ends {want.value}; expected {expected_text(want, REMUS)}{NOTE[REMUS]}")
+    else:
+        with pytest.raises(StreamError) as caught:
+            decoder.next_record()
+        assert caught.value.reason == want + NOTE[REMUS]
+        assert caught.value.offset == len(prefix)
+
+
+@pytest.mark.parametrize("state", REMUS_REACHABLE, ids=lambda state: state.name)
+def test_remus_decoder_end_of_file(state: State) -> None:
+    decoder = Decoder(channel_of(state), REMUS)
+    decoder.receive_data(encoded_remus_path(state, HVM))
+    for _ in remus_path_to(state):
+        assert decoder.next_record() not in (NEED_DATA, CLOSED)
+    decoder.receive_data(b"")
+    if state in CLEAN_EOF_STATES:
+        assert decoder.next_record() is CLOSED
+    else:
+        with pytest.raises(StreamError) as caught:
+            decoder.next_record()
+        assert caught.value.reason == (
+            f"stream ends {state.value}; expected {expected_text(state, REMUS)}{NOTE[REMUS]}")
+
+
+# --- AUTO: the header after the first CHECKPOINT_END decides ----------------------
+
+#: The record after the first CHECKPOINT_END: the mode it decides (None: not
+#: decided) and the state it leads to, or the refusal without its note.
+AUTO_DECISIONS: list[tuple[Hashable, Checkpointed | None, State | str]] = [
+    (NEW, COLO, S.LIBXC_CHECKPOINTED),
+    (SVM_READY, COLO, "CHECKPOINT_STATE(SVM_READY) is not allowed between checkpoints, expecting "
+                      "CHECKPOINT_STATE(NEW); expected CHECKPOINT_STATE(NEW)"),
+    (SVM_SUSPENDED, COLO, "CHECKPOINT_STATE(SVM_SUSPENDED) is not allowed between checkpoints, expecting "
+                          "CHECKPOINT_STATE(NEW); expected CHECKPOINT_STATE(NEW)"),
+    (PageData, REMUS, S.LIBXC_CHECKPOINTED),
+    (X86TscInfo, REMUS, S.LIBXC_CHECKPOINTED),
+    (HvmContext, REMUS, S.LIBXC_CHECKPOINTED),
+    (HvmParams, REMUS, S.LIBXC_CHECKPOINTED),
+    (Verify, REMUS, S.LIBXC_CHECKPOINTED),
+    (SkippedRecord, REMUS, S.LIBXC_CHECKPOINTED),
+    (Checkpoint, REMUS, S.CHECKPOINT),  # an empty checkpoint
+    (LibxcEnd, REMUS, S.DONE),  # failover
+    (StaticDataEnd, REMUS, "STATIC_DATA_END is not allowed in the libxc part of a checkpoint; expected "
+                           "PAGE_DATA, X86_PV_INFO, X86_PV_P2M_FRAMES, X86_PV_VCPU_BASIC, "
+                           "X86_PV_VCPU_EXTENDED, X86_PV_VCPU_XSAVE, X86_PV_VCPU_MSRS, SHARED_INFO, "
+                           "X86_TSC_INFO, HVM_CONTEXT, HVM_PARAMS, VERIFY, CHECKPOINT, END"),
+    (Heartbeat, None, S.UNDECIDED),
+    (ReplicationEnd, None, S.ENDED),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "mode", "want"), AUTO_DECISIONS, ids=[key_id(key) for key, _, _ in AUTO_DECISIONS]
+)
+def test_auto_decides(key: Hashable, mode: Checkpointed | None, want: State | str) -> None:
+    record = sample(key)
+    prefix = encoded_path(S.UNDECIDED, HVM)
+    decoder = Decoder(Channel.MAIN, AUTO)
+    decoder.receive_data(prefix + wire(record))
+    for _ in path_to(S.UNDECIDED):
+        assert decoder.next_record() not in (NEED_DATA, CLOSED)
+    assert decoder.checkpointed is AUTO
+    if isinstance(want, State):
+        assert decoder.next_record() == record
+        assert decoder.checkpointed is (mode or AUTO)
+        assert decoder.next_record() is NEED_DATA
+        decoder.receive_data(b"")
+        if want in CLEAN_EOF_STATES:
+            assert decoder.next_record() is CLOSED
+    else:
+        assert mode is not None
+        with pytest.raises(StreamError) as caught:
+            decoder.next_record()
+        assert caught.value.reason == want + DECIDED_NOTE[mode]
+        assert caught.value.offset == len(prefix)

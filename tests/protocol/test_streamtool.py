@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from colod.protocol import Channel
+from colod.protocol import Channel, Checkpointed, CheckpointEnd
 from colod.streamtool import main
 
-from .streams import colo_back, colo_main, encode, pages, plain_hvm
+from .streams import colo_back, colo_main, encode, pages, plain_hvm, remus_main
 
 
 @pytest.fixture
@@ -97,3 +97,70 @@ def test_console_script_streams_large_input(tmp_path: Path) -> None:
     result = subprocess.run(script, input=big, capture_output=True, check=False)
     assert result.returncode == 1
     assert result.stderr.decode().startswith(f"offset {len(big)}: stream ends in the libxc stream")
+
+
+@pytest.fixture
+def remus(tmp_path: Path) -> Path:
+    """A generated Remus stream (xen-colo-protocol.md 11.1): initial checkpoint and 5 more, then EOF."""
+    path = tmp_path / "remus.main"
+    path.write_bytes(encode(remus_main(5), checkpointed=Checkpointed.REMUS))
+    return path
+
+
+@pytest.mark.parametrize("option", [[], ["--checkpointed", "auto"], ["--checkpointed", "remus"]])
+def test_verify_remus(remus: Path, option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(remus), *option]) == 0
+    assert capsys.readouterr().out == f"valid main stream: {len(remus_main(5))} records\n"
+
+
+def test_verify_remus_as_colo(remus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(remus), "--checkpointed", "colo"]) == 1
+    records = remus_main(5)
+    offset = len(encode(records[: records.index(CheckpointEnd()) + 1], checkpointed=Checkpointed.REMUS))
+    assert capsys.readouterr().err == (
+        f"offset {offset + 8}: LIBXC_CONTEXT must have an empty body, got 4112 bytes\n")
+
+
+def test_verify_colo_as_remus(colo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(colo), "--checkpointed", "colo"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(colo), "--checkpointed", "remus"]) == 1
+    records = colo_main(2)
+    offset = len(encode(records[: records.index(CheckpointEnd()) + 1]))
+    assert capsys.readouterr().err == (
+        f"offset {offset}: CHECKPOINT_STATE (libxl type 5, 4 bytes) after CHECKPOINT_END, "
+        "as in a COLO stream (read as a Remus stream)\n")
+
+
+@pytest.mark.parametrize("option", [[], ["--checkpointed", "remus"]])
+def test_dump_remus(remus: Path, option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Every CHECKPOINT_END is listed, at its offset, followed by the next checkpoint's libxc records."""
+    assert main(["dump", str(remus), *option]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = remus_main(5)
+    assert len(lines) == len(records)
+    ends = [i for i, line in enumerate(lines) if line.split()[1:4] == ["libxl", "CHECKPOINT_END", "0"]]
+    assert len(ends) == 6
+    assert ends == [i for i, record in enumerate(records) if isinstance(record, CheckpointEnd)]
+    for i in ends:
+        offset = len(encode(records[:i], checkpointed=Checkpointed.REMUS))
+        assert int(lines[i].split()[0]) == offset
+    assert all(lines[i + 1].split()[1:3] == ["libxc", "PAGE_DATA"] for i in ends[:-1])
+    assert not any("CHECKPOINT_STATE" in line for line in lines)
+
+
+def test_dump_remus_failover_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "remus-failover.main"
+    path.write_bytes(encode(remus_main(2, failover=True), checkpointed=Checkpointed.REMUS))
+    assert main(["dump", str(path), "--json", "--checkpointed", "auto"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["type"] for row in rows].count("CHECKPOINT_END") == 3
+    assert (rows[-1]["namespace"], rows[-1]["type"]) == ("libxc", "END")
+
+
+def test_checkpointed_usage_error(colo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["verify", str(colo), "--checkpointed", "sometimes"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "colod-stream verify: error: argument --checkpointed: invalid choice: 'sometimes' ")
