@@ -70,6 +70,13 @@ MUTANTS = (
     _table_move("first-checkpoint-new", "FIRST_CHECKPOINT", "CheckpointId.NEW: S.LIBXC_CHECKPOINTED",
                 _TABLE_TEST),
     Mutant(
+        "remus-waits-for-new",
+        "a Remus stream is read as if CHECKPOINT_STATE(NEW) followed each CHECKPOINT_END",
+        (("colod/protocol/state.py", "    Checkpointed.REMUS: S.LIBXC_CHECKPOINTED,",
+          "    Checkpointed.REMUS: S.AWAIT_NEW,"),),
+        ("tests/protocol/test_remus.py", "tests/protocol/test_streamtool.py"),
+    ),
+    Mutant(
         "pages-applied-on-arrival",
         "the secondary writes each PAGE_DATA into guest memory as it arrives, before CHECKPOINT_END",
         (("colod/engine/secondary.py",
