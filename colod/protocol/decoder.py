@@ -136,6 +136,24 @@ class Decoder:
         self._chunks.append(view)
         self._buffered += len(view)
 
+    def skip(self, record: Record) -> None:
+        """
+        Move the stream's position past C{record} as if it had been read
+        here, without its bytes: for a stream whose writer leaves out records
+        that another writer puts in on the same fd (a save helper's libxc
+        records, and libxl's between them).  Call it between records only,
+        after the last L{next_record} and before the bytes that follow.
+
+        @raise StreamError: C{record} may not come here.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._pending is not None or self._position.state in HEADER_STATES and self._buffered:
+            raise ValueError("skip() is only for record boundaries with nothing of the next record read")
+        reason = self._position.advance(record)
+        if reason is not None:
+            raise StreamError(self._offset, reason)
+
     def next_record(self) -> Record | _Sentinel:
         """
         The next complete record, C{NEED_DATA} or C{CLOSED}.

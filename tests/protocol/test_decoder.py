@@ -14,11 +14,14 @@ from colod.protocol import (
     CheckpointState,
     Decoder,
     End,
+    LibxcEnd,
     PageData,
     ReplicationEnd,
     ReplicationEndReason,
     StreamError,
+    StreamHeader,
 )
+from colod.protocol.writers import write_record
 
 from .streams import colo_back, colo_main, decode, drain, encode, pages, plain_hvm
 
@@ -156,3 +159,22 @@ def decode_prefix(data: bytes) -> list:
     decoder = Decoder()
     decoder.receive_data(data)
     return drain(decoder)
+
+
+
+def test_skip_moves_past_records_another_writer_puts_in() -> None:
+    """A stream read without some of its records (a save helper's output): skip() stands in for them."""
+    records = plain_hvm()
+    end = records.index(LibxcEnd()) + 1
+    libxl_part, helper_part = records[:2], records[2:end]
+    decoder = Decoder()
+    for record in libxl_part:
+        decoder.skip(record)
+    data = b"".join(b"".join(write_record(record)) for record in helper_part)
+    decoder.receive_data(data)
+    assert drain(decoder) == helper_part
+    with pytest.raises(StreamError) as caught:
+        decoder.skip(StreamHeader())
+    assert str(caught.value) == (
+        f"offset {len(data)}: STREAM_HEADER is not allowed in the libxl stream, after its libxc stream "
+        "ended; expected EMULATOR_XENSTORE_DATA, EMULATOR_CONTEXT, END")
