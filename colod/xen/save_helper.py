@@ -19,7 +19,7 @@ import enum
 import os
 import signal
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, maybeDeferred
@@ -377,7 +377,8 @@ def run_helper(
     command: HelperCommand,
     callbacks: ISaveCallbacks | IRestoreCallbacks,
     *,
-    stream_fd: int,
+    stream_fd: int | None = None,
+    stream_sink: Callable[[bytes], object] | None = None,
     back_fd: int | None = None,
     binary: str = HELPER_BINARY,
     env: Mapping[str, str] | None = None,
@@ -391,22 +392,30 @@ def run_helper(
         L{IReactorTime} too).
     @param stream_fd: this process's fd for the stream; the helper gets a
         copy at C{command.stream_fd}, inheritable whatever its CLOEXEC flag.
+    @param stream_sink: instead of C{stream_fd}, for a save: called with the
+        bytes the helper writes on its stream fd (a pipe read by the reactor),
+        then with C{b""} when it closes, so that colod can carry the stream
+        itself (between heartbeats, after checks).
     @param back_fd: this process's fd for the back channel, given exactly
         when the command has one.
     @param env: the helper's environment; by default this process's, as libxl passes its own.
-    @raise ValueError: C{back_fd} does not match the command, or C{callbacks}
+    @raise ValueError: C{back_fd} does not match the command, not exactly
+        one of C{stream_fd} and C{stream_sink} is given, or C{callbacks}
         lacks a callback the command announces.
     """
+    if (stream_fd is None) == (stream_sink is None):
+        raise ValueError("give the helper's stream either an fd or a sink")
     if (back_fd is None) != (command.back_fd == -1):
         raise ValueError(f"back_fd {back_fd} does not match the command's back channel fd {command.back_fd}")
     missing = [cls.SPEC.name for cls in MESSAGES.values() if cls.SPEC.callback and command.announces(cls)
                and not callable(getattr(callbacks, cls.SPEC.name, None))]
     if missing:
         raise ValueError(f"the callbacks lack {', '.join(missing)}, which the command announces")
-    child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", command.stream_fd: stream_fd}
+    child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r",
+                                       command.stream_fd: "r" if stream_fd is None else stream_fd}
     if back_fd is not None:
         child_fds[command.back_fd] = back_fd
-    helper = HelperProcess(command, callbacks, IReactorTime(reactor), timeouts)
+    helper = HelperProcess(command, callbacks, IReactorTime(reactor), timeouts, stream_sink)
     try:
         reactor.spawnProcess(helper, binary, command.argv(binary),
                              env=dict(os.environ if env is None else env), childFDs=child_fds)
@@ -430,8 +439,10 @@ class HelperProcess(ProcessProtocol):
         callbacks: ISaveCallbacks | IRestoreCallbacks,
         clock: IReactorTime,
         timeouts: HelperTimeouts,
+        stream_sink: Callable[[bytes], object] | None = None,
     ) -> None:
         self.command = command
+        self._stream_sink = stream_sink
         self.what = f"libxl-save-helper {MODES[command.side]} for domain {command.domid}"
         self.result: Deferred[HelperResult] = Deferred()
         self._callbacks = callbacks
@@ -472,6 +483,19 @@ class HelperProcess(ProcessProtocol):
         self._heard()
         self._stderr += data
         del self._stderr[:-STDERR_KEPT]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if self._stream_sink is not None and childFD == self.command.stream_fd:
+            self._heard()
+            self._stream_sink(data)
+        else:
+            super().childDataReceived(childFD, data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if self._stream_sink is not None and childFD == self.command.stream_fd:
+            self._stream_sink(b"")
+        else:
+            super().childConnectionLost(childFD)
 
     def outConnectionLost(self) -> None:
         if self._killed:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +207,13 @@ class DriverTestCase(ScratchTestCase):
     def run_helper(
         self, command: HelperCommand, callbacks: Recorder, scenario: Sequence[list[Any]] = (),
         timeouts: HelperTimeouts = BOUNDED, stream_fd: int | None = None, back_fd: int | None = None,
+        stream_sink: Callable[[bytes], object] | None = None,
     ) -> Deferred[HelperResult]:
         env = {**self.env, "STAND_IN_SCENARIO": json.dumps(list(scenario))}
-        return run_helper(reactor, command, callbacks, stream_fd=stream_fd or self.pipe()[1], back_fd=back_fd,
-                          binary=str(self.binary), env=env, timeouts=timeouts)
+        if stream_sink is None and stream_fd is None:
+            stream_fd = self.pipe()[1]
+        return run_helper(reactor, command, callbacks, stream_fd=stream_fd, stream_sink=stream_sink,
+                          back_fd=back_fd, binary=str(self.binary), env=env, timeouts=timeouts)
 
     async def failure(self, error: type[HelperError], *args: Any, **kwargs: Any) -> Any:
         """The error a run fails with, which must be an C{error}."""
@@ -310,6 +313,24 @@ class CallbackLoopTests(DriverTestCase):
         self.assertIn((LogLevel.info, "libxl-save-helper --save-domain for domain 7: xc: hello"), self.logged)
         self.assertIn((LogLevel.debug, "libxl-save-helper --save-domain for domain 7: xc: Memory 1/2"),
                       self.logged)
+
+    @async_test
+    async def test_stream_to_a_sink(self) -> None:
+        """The stream fd can be a pipe the reactor reads: its bytes reach the sink, then b"" at its close."""
+        received: list[bytes] = []
+        command = HelperCommand.save(domid=7, stream_type=StreamType.REMUS)
+        result = await self.run_helper(command, Recorder(), [
+            ["write", "io_fd", "libxc "], ["send", "suspend"], ["expect", 1],
+            ["write", "io_fd", "stream"], ["send", "complete", 0, 0], ["expect", 0],
+        ], stream_sink=received.append)
+        self.assertEqual(result, HelperResult(Complete(0, 0), None))
+        self.assertEqual(b"".join(received), b"libxc stream")
+        self.assertEqual(received[-1], b"")
+
+    def test_stream_needs_an_fd_or_a_sink(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            run_helper(reactor, PLAIN_SAVE, Recorder(), stream_fd=8, stream_sink=print)
+        self.assertEqual(str(caught.exception), "give the helper's stream either an fd or a sink")
 
     @async_test
     async def test_restore(self) -> None:
