@@ -80,7 +80,8 @@ def stand_in_helper() -> None:
       - ["send", name, *args]: a message; ["raw", hex]: any bytes;
       - ["expect", value]: read a reply, exit 99 if it is another value
         (and 254 at end of file, as the helper's getreply does);
-      - ["write", "io_fd" | "back_fd", text]: write to an fd from the command line;
+      - ["write", "io_fd" | "back_fd", text]: write to an fd from the command line
+        (["write_hex", fd, hex] for bytes);
       - ["relay", n]: copy n bytes from the back channel to the stream;
       - ["stderr", text], ["sleep", seconds], ["exit", status], ["signal", name].
 
@@ -103,6 +104,8 @@ def stand_in_helper() -> None:
                 sys.exit(99)
         elif op == "write":
             os.write(fds[args[0]], args[1].encode())
+        elif op == "write_hex":
+            os.write(fds[args[0]], bytes.fromhex(args[1]))
         elif op == "relay":
             os.write(fds["io_fd"], os.read(fds["back_fd"], args[0]))
         elif op == "stderr":
