@@ -37,12 +37,9 @@ from colod.protocol import (
     CheckpointEnd,
     CheckpointId,
     CheckpointState,
-    DomainHeader,
-    ImageHeader,
     LibxcContext,
     Record,
     ReplicationEndReason,
-    StaticDataEnd,
 )
 from colod.qmp import QMPConnection
 
@@ -253,8 +250,7 @@ class PrimaryEngine(EngineCore):
 
     async def _first_copy(self) -> None:
         await self._suspend_guest()
-        records = [LibxcContext(), ImageHeader(), DomainHeader(), StaticDataEnd(),
-                   *await self.guest.first_records()]
+        records = [LibxcContext(), *await self.guest.first_records()]
         await self._send_checkpoint_records(records)
 
     @_machine.output()

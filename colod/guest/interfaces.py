@@ -33,7 +33,8 @@ class IGuestEngine(Interface):
     # -- primary ------------------------------------------------------------
 
     def first_records() -> Deferred[Sequence[Record]]:
-        """Guest suspended: the libxc body of the first checkpoint (every page), dirty tracking reset."""
+        """Guest suspended: the libxc stream of the first checkpoint, from its image header to
+        its last record before CHECKPOINT (every page), dirty tracking reset."""
 
     def checkpoint_records(secondary_dirty: CheckpointDirtyPfnList) -> Deferred[Sequence[Record]]:
         """Guest suspended: the libxc body of a later checkpoint, with the secondary's dirty pages too."""

@@ -26,7 +26,15 @@ from zope.interface import implementer
 from colod.guest.device_model import DeviceModelEngine
 from colod.guest.interfaces import IGuestEngine
 from colod.guest.memory_image import MemoryImage, MemoryImageEngine, RunControl
-from colod.protocol import CheckpointDirtyPfnList, EmulatorContext, PageData, Record
+from colod.protocol import (
+    CheckpointDirtyPfnList,
+    DomainHeader,
+    EmulatorContext,
+    ImageHeader,
+    PageData,
+    Record,
+    StaticDataEnd,
+)
 
 _T = TypeVar("_T")
 
@@ -80,9 +88,11 @@ class QemuGuest:
     # -- primary ------------------------------------------------------------
 
     def first_records(self) -> Deferred[Sequence[Record]]:
+        # What libxc writes first: an HVM guest's headers, its (here empty) static data.
+        headers: list[Record] = [ImageHeader(), DomainHeader(), StaticDataEnd()]
         if self._memory is None:
-            return succeed([])
-        return succeed(self._copied(self._memory.full_records))
+            return succeed(headers)
+        return succeed([*headers, *self._copied(self._memory.full_records)])
 
     def checkpoint_records(self, secondary_dirty: CheckpointDirtyPfnList) -> Deferred[Sequence[Record]]:
         memory = self._memory
