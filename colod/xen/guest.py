@@ -1,0 +1,281 @@
+# -*- test-case-name: tests.xen.test_guest -*-
+"""
+The guest engines for a real Xen domain: its memory and vCPUs moved by Xen's
+own save helper on the primary, restored by Xen's own Remus receiver on the
+secondary (docs/xen.md says why this route).
+
+Primary.  libxl-save-helper drives a save: it copies the guest live, then at
+every checkpoint asks its toolstack to suspend the guest, writes the dirty
+pages and the vCPU and platform state, asks to resume it, and asks whether to
+go on.  colod's engine drives checkpoints instead (its interval, its
+requests, its peer), so L{XenPrimaryGuest} holds each of the helper's
+questions until the engine gets there: the checkpoint question until the
+engine wants the next checkpoint (L{suspend}), the suspend question until
+then too, the resume question until the secondary is ready (L{resume}).  The
+helper's stream comes through a pipe, checked and cut into checkpoints
+(L{HelperStream}); the engine sends each one itself, on its peer link.
+
+Secondary.  L{XenSecondaryGuest} starts ``xl migrate-receive -r -e`` at the
+first checkpoint and writes it every complete checkpoint (after
+CHECKPOINT_END: nothing of a checkpoint cut short reaches Xen); its copy of
+the guest stays paused (checkpoint mode, as Remus).  Taking over ends the
+receiver's input: Xen fails over to the last checkpoint and runs the guest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from colod.guest.interfaces import IGuestEngine
+from colod.protocol import (
+    Channel,
+    CheckpointDirtyPfnList,
+    Checkpointed,
+    CheckpointEnd,
+    EmulatorContext,
+    Encoder,
+    Record,
+)
+from colod.xen.domain import XenDomain
+from colod.xen.helper_messages import StreamType
+from colod.xen.helper_stream import HelperStream
+from colod.xen.receiver import Receiver, ReceiverError
+from colod.xen.save_helper import (
+    HELPER_BINARY,
+    HelperCommand,
+    HelperResult,
+    HelperTimeouts,
+    ISaveCallbacks,
+    run_helper,
+)
+
+#: Seconds between two looks for the end of a checkpoint on the stream's pipe.
+STREAM_POLL_INTERVAL = 0.001
+#: The save callbacks' replies (xen-colo-protocol.md §11.2).
+GO_ON = 1
+STOP = 0
+LOGDIRTY_DONE = 0
+
+
+class XenGuestError(Exception):
+    """The save helper or the receiver failed, or did not get to a step in time."""
+
+
+class _Questions:
+    """Where the helper's questions wait for colod's answers, and colod waits for the questions."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._asked: dict[str, Deferred[int]] = {}
+        self._awaited: dict[str, Deferred[None]] = {}
+        self._standing: dict[str, int] = {}
+        self.ended: Failure | None = None
+
+    def ask(self, name: str) -> Deferred[int]:
+        """The helper asks ``name``; the Deferred is its answer."""
+        if name in self._standing:
+            return succeed(self._standing[name])
+        answer: Deferred[int] = Deferred()
+        self._asked[name] = answer
+        if name in self._awaited:
+            self._awaited.pop(name).callback(None)
+        return answer
+
+    def asked(self, name: str, timeout: float) -> Deferred[None]:
+        """Fires once the helper has asked ``name``; fails if it ends first, or not in time."""
+        if name in self._asked:
+            return succeed(None)
+        if self.ended is not None:
+            return Deferred.fromFailure(self.ended)
+        waiting: Deferred[None] = Deferred()
+        self._awaited[name] = waiting
+        return waiting.addTimeout(timeout, self._clock, onTimeoutCancel=self._late(name))
+
+    def answer(self, name: str, value: int) -> None:
+        self._asked.pop(name).callback(value)
+
+    def answer_when_asked(self, name: str, value: int) -> None:
+        """Answer ``name`` with ``value`` now if it is asked, and whenever it is asked again."""
+        self._standing[name] = value
+        if name in self._asked:
+            self.answer(name, value)
+
+    def end(self, reason: Failure) -> None:
+        """The helper is gone: nothing it was to ask will be asked."""
+        self.ended = reason
+        awaited, self._awaited = self._awaited, {}
+        for waiting in awaited.values():
+            waiting.errback(reason)
+
+    @staticmethod
+    def _late(name: str) -> object:
+        def late(result: object, timeout: float) -> None:
+            raise XenGuestError(f"the save helper did not ask for {name} within {timeout:g} s")
+        return late
+
+
+@implementer(ISaveCallbacks)
+class _Callbacks:
+    """The helper's side of the questions (libxl's callbacks for a Remus save)."""
+
+    def __init__(self, questions: _Questions, domain: XenDomain) -> None:
+        self._questions = questions
+        self._domain = domain
+
+    def suspend(self) -> Deferred[int]:
+        return self._questions.ask("suspend")
+
+    def postcopy(self) -> Deferred[int]:
+        return self._questions.ask("postcopy")
+
+    def checkpoint(self) -> Deferred[int]:
+        return self._questions.ask("checkpoint")
+
+    async def switch_qemu_logdirty(self, domid: int, enable: int) -> int:
+        await self._domain.set_log_dirty(bool(enable))
+        return LOGDIRTY_DONE
+
+
+@implementer(IGuestEngine)
+class XenPrimaryGuest:
+    """A running Xen domain on the primary, saved checkpoint by checkpoint through the save helper."""
+
+    def __init__(self, domain: XenDomain, reactor: IReactorProcess, *, timeout: float,
+                 binary: str = HELPER_BINARY, helper_timeouts: HelperTimeouts | None = None) -> None:
+        self._domain = domain
+        self._reactor = reactor
+        self._clock = IReactorTime(reactor)
+        #: The longest wait for the helper to get to a question; the first copy of the guest's memory
+        #: happens before its first suspend, so this must cover that copy.
+        self._timeout = timeout
+        self._binary = binary
+        self._helper_timeouts = helper_timeouts or HelperTimeouts(callback=timeout)
+        self._questions = _Questions(self._clock)
+        self._stream = HelperStream()
+        self._run: Deferred[HelperResult] | None = None
+        #: Seconds spent copying pages: the helper copies them, outside colod.
+        self.copy_seconds = 0.0
+        self.description = f"Xen domain {domain.domid} (save helper {binary}; checkpoint mode)"
+
+    # --- IGuestEngine, primary side -------------------------------------------
+
+    async def suspend(self) -> None:
+        if self._run is None:
+            self._start()
+        else:
+            await self._questions.asked("checkpoint", self._timeout)
+            self._questions.answer("checkpoint", GO_ON)
+        await self._questions.asked("suspend", self._timeout)
+        await self._domain.suspend()
+        self._questions.answer("suspend", GO_ON)
+
+    async def resume(self) -> None:
+        await self._questions.asked("postcopy", self._timeout)
+        await self._domain.resume()
+        self._questions.answer("postcopy", GO_ON)
+
+    def first_records(self) -> Deferred[Sequence[Record]]:
+        return Deferred.fromCoroutine(self._checkpoint_records())
+
+    def checkpoint_records(self, secondary_dirty: CheckpointDirtyPfnList) -> Deferred[Sequence[Record]]:
+        if secondary_dirty.pfns:
+            raise XenGuestError(f"the secondary reports {len(secondary_dirty.pfns)} dirty pages, but its "
+                                "copy of a Xen guest does not run between checkpoints")
+        return Deferred.fromCoroutine(self._checkpoint_records())
+
+    def emulator_records(self) -> Deferred[Sequence[Record]]:
+        return succeed([EmulatorContext(blob=self._domain.device_state())])
+
+    def close(self) -> Deferred[None]:
+        """No more checkpoints: the helper ends at its next question (the guest runs on)."""
+        self._questions.answer_when_asked("checkpoint", STOP)
+        if self._run is None:
+            return succeed(None)
+        return self._run.addErrback(lambda _: None).addCallback(lambda _: None)
+
+    # --- internals --------------------------------------------------------------
+
+    def _start(self) -> None:
+        command = HelperCommand.save(domid=self._domain.domid, stream_type=StreamType.REMUS)
+        self._run = run_helper(self._reactor, command, _Callbacks(self._questions, self._domain),
+                               stream_sink=self._stream.receive_data, binary=self._binary,
+                               timeouts=self._helper_timeouts)
+        self._run.addBoth(self._ended)
+
+    def _ended(self, result: HelperResult | Failure) -> HelperResult | Failure:
+        reason = result if isinstance(result, Failure) else Failure(
+            XenGuestError("the save helper ended (it was told to stop)"))
+        self._questions.end(reason)
+        return result
+
+    async def _checkpoint_records(self) -> Sequence[Record]:
+        """The helper's records of this checkpoint: its CHECKPOINT record came before its
+        question, but on the stream's pipe, which the reactor may not have read yet."""
+        await self._questions.asked("postcopy", self._timeout)
+        while (records := self._stream.next_checkpoint()) is None:
+            if self._questions.ended is not None:
+                raise XenGuestError("the save helper ended without a complete checkpoint")
+            await deferLater(self._clock, STREAM_POLL_INTERVAL, lambda: None)
+        return records
+
+
+@implementer(IGuestEngine)
+class XenSecondaryGuest:
+    """The secondary's copy of a Xen domain, kept by Xen's own Remus receiver."""
+
+    def __init__(self, reactor: IReactorProcess, receive_command: Sequence[str], xl_config: bytes, *,
+                 timeout: float) -> None:
+        self._reactor = reactor
+        self._command = list(receive_command)
+        self._config = xl_config
+        self._timeout = timeout
+        self._receiver: Receiver | None = None
+        self._encoder = Encoder(Channel.MAIN, Checkpointed.REMUS)
+        self.copy_seconds = 0.0
+        self.description = f"Xen's Remus receiver ({' '.join(self._command)}; checkpoint mode)"
+
+    # --- IGuestEngine, secondary side -------------------------------------------
+
+    def suspend(self) -> Deferred[None]:
+        return succeed(None)  # the copy stays paused between checkpoints
+
+    def resume(self) -> Deferred[None]:
+        return succeed(None)
+
+    def dirty_pfn_list(self) -> Deferred[CheckpointDirtyPfnList]:
+        return succeed(CheckpointDirtyPfnList())
+
+    def apply_checkpoint(self, records: Sequence[Record]) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._apply(records))
+
+    def take_over(self) -> Deferred[None]:
+        if self._receiver is None:
+            raise XenGuestError("no checkpoint was ever applied: nothing to take over")
+        return self._receiver.fail_over(self._timeout).addErrback(self._failed_over)
+
+    def close(self) -> None:
+        """Replication ends without a takeover: the receiver and its paused copy go."""
+        if self._receiver is not None:
+            self._receiver.stop()
+
+    # --- internals --------------------------------------------------------------
+
+    async def _apply(self, records: Sequence[Record]) -> None:
+        if self._receiver is None:
+            self._receiver = Receiver.start(self._reactor, self._command, self._config, self._timeout)
+            await self._receiver.ready
+        data = b"".join(chunk for record in (*records, CheckpointEnd())
+                        for chunk in self._encoder.send_buffers(record))
+        self._receiver.send(data)
+
+    @staticmethod
+    def _failed_over(failure: Failure) -> None:
+        failure.trap(ReceiverError)
+        raise XenGuestError(f"taking over failed: {failure.getErrorMessage()}")
+
