@@ -50,6 +50,8 @@ def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> 
         if not found:
             parser.error(f"no domain {options.domain!r} in {options.config} (it has: {', '.join(names)})")
         domain = found[0]
+    if domain.xen is not None:
+        parser.error(f"domain {domain.name!r} is a Xen domain: libxl starts its QEMU (docs/xen.md)")
     if options.device_model:
         if options.role != "secondary":
             parser.error("--device-model is for the secondary's separate device model")

@@ -68,13 +68,26 @@ class DiskConfig:
 
 
 @attrs.frozen
+class XenConfig:
+    """A real Xen domain, moved by Xen's save helper and kept by its Remus receiver (docs/xen.md)."""
+
+    #: The domain's name in Xen on the primary (``xl list``).
+    domain: str
+    #: The secondary's xl configuration file of the guest, for ``xl migrate-receive``.
+    xl_config: str | None
+    save_helper: str
+    xl: str
+
+
+@attrs.frozen
 class DomainConfig:
-    """One protected guest: its QEMU and its replicated disks."""
+    """One protected guest: its QEMU and its replicated disks, or a Xen domain (``xen``)."""
 
     name: str
-    qmp_socket: str
-    nbd_host: str
-    nbd_port: int
+    #: None for a Xen domain: libxl's socket, found from its domid at start.
+    qmp_socket: str | None
+    nbd_host: str | None
+    nbd_port: int | None
     disks: tuple[DiskConfig, ...]
     # Guest RAM as a file-backed image (colod.guest.memory_image), for tests and
     # benchmarks; None for a guest whose memory Xen moves.
@@ -83,6 +96,7 @@ class DomainConfig:
     # -incoming defer, so that the last checkpoint's device state can be loaded at
     # failover (the disks' QEMU cannot wait so: replication needs active nodes).
     device_model_socket: str | None = None
+    xen: XenConfig | None = None
 
 
 @attrs.frozen
@@ -166,6 +180,9 @@ class _Table:
                 raise self.fail(f"{key}[{index}]", f"must be a table (got {_toml_type(item)})")
             found.append(_Table(self.path, f"{self._key(key)}[{index}]", item))
         return found
+
+    def has(self, key: str) -> bool:
+        return key in self._data
 
     def done(self) -> None:
         """Refuse any key nobody took: a typo must not be silently ignored."""
@@ -291,10 +308,12 @@ def parse(data: dict[str, Any], path: str) -> Config:
     domains = tuple(_domain(t) for t in top.tables("domain"))
     top.done()
     _check_unique(path, "domain", "name", [(f"domain[{i}]", d.name) for i, d in enumerate(domains)])
-    _check_unique(path, "domain", "qmp_socket",
-                  [(f"domain[{i}]", d.qmp_socket) for i, d in enumerate(domains)])
+    qemu_domains = [(f"domain[{i}]", d) for i, d in enumerate(domains) if d.xen is None]
+    _check_unique(path, "domain", "qmp_socket", [(where, d.qmp_socket) for where, d in qemu_domains])
     _check_unique(path, "domain", "nbd_port",
-                  [(f"domain[{i}]", (d.nbd_host, d.nbd_port)) for i, d in enumerate(domains)])
+                  [(where, (d.nbd_host, d.nbd_port)) for where, d in qemu_domains])
+    _check_unique(path, "domain", "xen.domain",
+                  [(f"domain[{i}]", d.xen.domain) for i, d in enumerate(domains) if d.xen is not None])
     config = Config(path=path, role=role, node_name=node_name, state_dir=state_dir,
                     control_socket=control_socket, checkpoint_interval=checkpoint_interval,
                     peer=peer, qmp=qmp, domains=domains)
@@ -302,8 +321,24 @@ def parse(data: dict[str, Any], path: str) -> Config:
     return config
 
 
+#: Keys of a QEMU domain that a Xen domain does not take, and why.
+_NOT_FOR_XEN = {
+    "qmp_socket": "libxl's QMP socket is found from the domain's id",
+    "nbd_host": "Debian's Xen QEMU has no block replication (docs/xen.md)",
+    "nbd_port": "Debian's Xen QEMU has no block replication (docs/xen.md)",
+    "disk": "Debian's Xen QEMU has no block replication (docs/xen.md)",
+    "memory_image": "Xen moves the guest's memory",
+    "device_model_socket": "Xen's receiver restores the device model",
+}
+#: Where Debian's xen-utils-4.17 puts them.
+_SAVE_HELPER = "/usr/lib/xen-4.17/bin/libxl-save-helper"
+_XL = "/usr/sbin/xl"
+
+
 def _domain(table: _Table) -> DomainConfig:
     name = table.take("name", str, check=_plain_name)
+    if table.has("xen"):
+        return _xen_domain(table, name)
     qmp_socket = table.take("qmp_socket", str, check=_absolute_path)
     nbd_host = table.take("nbd_host", str, check=_hostname)
     nbd_port = table.take("nbd_port", int, check=_port)
@@ -324,6 +359,22 @@ def _domain(table: _Table) -> DomainConfig:
         seen[image] = f"{owner}.{key}"
     return DomainConfig(name=name, qmp_socket=qmp_socket, nbd_host=nbd_host, nbd_port=nbd_port,
                         disks=disks, memory_image=memory_image, device_model_socket=device_model_socket)
+
+
+def _xen_domain(table: _Table, name: str) -> DomainConfig:
+    for key, why in _NOT_FOR_XEN.items():
+        if table.has(key):
+            raise table.fail(key, f"not for a Xen domain ([domain.xen]): {why}")
+    xen_table = table.table("xen")
+    xen = XenConfig(
+        domain=xen_table.take("domain", str, name, check=_plain_name),
+        xl_config=xen_table.take("xl_config", str, None, check=_absolute_path),
+        save_helper=xen_table.take("save_helper", str, _SAVE_HELPER, check=_absolute_path),
+        xl=xen_table.take("xl", str, _XL, check=_absolute_path),
+    )
+    xen_table.done()
+    table.done()
+    return DomainConfig(name=name, qmp_socket=None, nbd_host=None, nbd_port=None, disks=(), xen=xen)
 
 
 def _disk(table: _Table) -> DiskConfig:
@@ -351,7 +402,8 @@ def _check_unique(path: str, table: str, key: str, owners: list[tuple[str, objec
 
 
 def _check_role_link(config: Config) -> None:
-    """The secondary needs an address to listen on, the primary one to connect to."""
+    """The secondary needs an address to listen on, the primary one to connect to, and for a Xen
+    domain the guest's xl configuration."""
     needed = "listen" if config.role == "secondary" else "connect"
     if getattr(config.peer, needed) is None:
         why = "the secondary listens for the primary" if needed == "listen" else (
@@ -359,3 +411,9 @@ def _check_role_link(config: Config) -> None:
         raise ConfigError(
             f"{config.path}: peer.{needed}: missing required key for role {config.role!r} ({why})"
         )
+    for index, domain in enumerate(config.domains):
+        if config.role == "secondary" and domain.xen is not None and domain.xen.xl_config is None:
+            raise ConfigError(
+                f"{config.path}: domain[{index}].xen.xl_config: missing required key for role 'secondary' "
+                "(Xen's receiver creates the domain from it)"
+            )

@@ -3,7 +3,9 @@
 
 A DomainService keeps a QMP connection to its guest's QEMU: it connects at
 start (retrying until the QEMU is there), says what it found, reconnects when
-the connection is lost, and closes it at stop.  Once QEMU is reached the
+the connection is lost, and closes it at stop.  For a Xen domain that QEMU is
+libxl's device model, found from the domain's id; a Xen secondary has no
+QEMU until it takes over (Xen's receiver creates it), so it needs none.  Once QEMU is reached the
 first time it builds the domain's checkpoint engine (colod.engine) and its
 peer link: the secondary listens, the primary connects.  At stop the engine
 ends replication as its role must (the primary's guest runs on), then the
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -29,7 +31,9 @@ from colod.engine.secondary import SecondaryEngine
 from colod.engine.status import StatusFile
 from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine
 from colod.guest.qemu_guest import QemuGuest
-from colod.qmp import QMPCapabilityError, QMPConnection, QMPFailure
+from colod.qmp import REQUIRED_COMMANDS, QMPCapabilityError, QMPConnection, QMPFailure
+from colod.xen.domain import DomainError, qmp_socket
+from colod.xen.setup import DEVICE_MODEL_COMMANDS, XenSetupError, domain_id, primary_guest, secondary_guest
 
 # How long to wait before trying again to reach a QEMU that was not reachable.
 RECONNECT_DELAY = 2.0
@@ -69,32 +73,46 @@ class DomainService(Service):
         self.engine: EngineCore | None = None
         self._protecting: Deferred[None] | None = None
         self._device_model: QMPConnection | None = None
-        self._guest: QemuGuest | None = None
+        self._guest: Any = None  # the domain's guest engine (colod.guest.interfaces.IGuestEngine)
+        self._domid: int | None = None
         self._peer: PeerEndpoint | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._connect()
+        if self._domain.xen is not None and self._config.role == "secondary":
+            self._protecting = Deferred.fromCoroutine(self._protect(None))
+            self._protecting.addErrback(self._protect_failed)
+        else:
+            self._connect()
 
     def _connect(self) -> None:
         self._retry = None
+        self._attempt = Deferred.fromCoroutine(self._reach_qemu())
+        self._attempt.addCallbacks(self._connected, self._connect_failed)
+
+    async def _reach_qemu(self) -> Any:
+        socket, required = self._domain.qmp_socket, REQUIRED_COMMANDS
+        if self._domain.xen is not None:
+            self._domid = await domain_id(self._reactor, self._domain.xen, self._config.qmp.connect_timeout)
+            socket, required = qmp_socket(self._domid), DEVICE_MODEL_COMMANDS
+        assert socket is not None  # the configuration requires it for a QEMU domain
         self.connection = QMPConnection(
-            self._domain.qmp_socket,
+            socket,
             name=self._domain.name,
+            required_commands=required,
             command_timeout=self._config.qmp.command_timeout,
             connect_timeout=self._config.qmp.connect_timeout,
         )
         self.log.info(
             "domain {domain}: connecting to QEMU at {socket} as {role}",
-            domain=self._domain.name, socket=self._domain.qmp_socket, role=self._config.role,
+            domain=self._domain.name, socket=socket, role=self._config.role,
         )
-        self._attempt = self.connection.connect()
-        self._attempt.addCallbacks(self._connected, self._connect_failed)
+        return await self.connection.connect()
 
     def _connected(self, info: Any) -> None:
         self._attempt = None
         self.log.info(
-            "domain {domain}: connected to QEMU {version}; all replication commands present",
+            "domain {domain}: connected to QEMU {version}; every command colod needs is present",
             domain=self._domain.name, version=info.version,
         )
         assert self.connection is not None
@@ -103,17 +121,26 @@ class DomainService(Service):
             self._protecting = Deferred.fromCoroutine(self._protect(self.connection))
             self._protecting.addErrback(self._protect_failed)
 
-    async def _protect(self, qmp: QMPConnection) -> None:
-        """Build the domain's engine and its peer link."""
+    async def _protect(self, qmp: QMPConnection | None) -> None:
+        """Build the domain's engine and its peer link (``qmp`` is None for a Xen secondary)."""
         config, domain = self._config, self._domain
         state_dir = Path(config.state_dir) / domain.name
-        device_model = DeviceModelEngine(await self._device_model_qmp(qmp), state_dir, self._reactor)
-        try:
-            self._guest = QemuGuest(config.role, device_model, domain.memory_image, self._reactor,
-                                    timeout=config.qmp.command_timeout)
-        except (OSError, ValueError) as e:
-            raise ProtectionError(f"cannot use the guest's memory image: {e}") from None
-        devices = DeviceGroup(domain, config.role, qmp)
+        if domain.xen is not None:
+            timeout = checkpoint_timeout(config)
+            if config.role == "primary":
+                assert qmp is not None and self._domid is not None
+                self._guest = primary_guest(domain.xen, self._domid, qmp, self._reactor, state_dir, timeout)
+            else:
+                self._guest = secondary_guest(domain.xen, self._reactor, timeout)
+        else:
+            assert qmp is not None
+            device_model = DeviceModelEngine(await self._device_model_qmp(qmp), state_dir, self._reactor)
+            try:
+                self._guest = QemuGuest(config.role, device_model, domain.memory_image, self._reactor,
+                                        timeout=config.qmp.command_timeout)
+            except (OSError, ValueError) as e:
+                raise ProtectionError(f"cannot use the guest's memory image: {e}") from None
+        devices = DeviceGroup(domain, config.role, qmp)  # type: ignore[arg-type]  # no devices without QMP
         common = (domain, config.node_name, self._guest, devices, self._reactor, StatusFile(state_dir), qmp)
         if config.role == "primary":
             self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval,
@@ -146,7 +173,7 @@ class DomainService(Service):
     def _protect_failed(self, failure: Any) -> None:
         if failure.check(CancelledError):
             return
-        if not failure.check(ProtectionError, QMPFailure):
+        if not failure.check(ProtectionError, QMPFailure, XenSetupError, DomainError):
             self.log.failure("domain {domain}: unexpected error while setting up protection",
                              failure, domain=self._domain.name)
             return
@@ -166,7 +193,7 @@ class DomainService(Service):
             self.log.error("domain {domain}: {reason}; not protecting it",
                            domain=self._domain.name, reason=failure.value)
             return
-        if not failure.check(QMPFailure):
+        if not failure.check(QMPFailure, XenSetupError):
             self.log.failure("domain {domain}: unexpected error while connecting",
                              failure, domain=self._domain.name)
         else:
@@ -207,7 +234,7 @@ class DomainService(Service):
         if self._peer is not None:
             yield self._peer.stop()
         if self._guest is not None:
-            self._guest.close()
+            yield maybeDeferred(self._guest.close)
         for connection in (self._device_model, self.connection):
             if connection is not None:
                 yield connection.disconnect()

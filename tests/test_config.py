@@ -7,6 +7,7 @@ way an administrator meets it: the message, a non-zero exit and no traceback.
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -49,6 +50,15 @@ image = "/srv/guest1b.raw"
 export_name = "guest1-xvdb"
 active_image = "/dev/shm/b-a.qcow2"
 hidden_image = "/dev/shm/b-h.qcow2"
+"""
+
+#: A Xen domain (docs/xen.md): no QMP socket, NBD or disks; the secondary's xl configuration.
+XEN = GOOD[: GOOD.index("[[domain]]")] + """\
+[[domain]]
+name = "guest1"
+
+[domain.xen]
+xl_config = "/etc/xen/guest1.cfg"
 """
 
 
@@ -110,10 +120,33 @@ BAD = [
      "domain[0].device_model_socket: must be an absolute path (got 'dm.qmp')"),
     ("memory_image_relative", edited("nbd_port = 8889", 'nbd_port = 8889\nmemory_image = "ram.img"'), [],
      "domain[0].memory_image: must be an absolute path (got 'ram.img')"),
+    ("xen_with_disks", XEN + GOOD[GOOD.index("[[domain.disk]]"):], [],
+     "domain[0].disk: not for a Xen domain ([domain.xen]): Debian's Xen QEMU has no block replication "
+     "(docs/xen.md)"),
+    ("xen_with_qmp_socket", edited('name = "guest1"\n', 'name = "guest1"\nqmp_socket = "/run/q.qmp"\n', XEN),
+     [], "domain[0].qmp_socket: not for a Xen domain ([domain.xen]): libxl's QMP socket is found from the "
+     "domain's id"),
+    ("xen_secondary_without_xl_config", edited('xl_config = "/etc/xen/guest1.cfg"\n', "", XEN), [],
+     "domain[0].xen.xl_config: missing required key for role 'secondary' (Xen's receiver creates the "
+     "domain from it)"),
+    ("xen_unknown_key", edited("[domain.xen]\n", '[domain.xen]\nxl_cfg = "/x"\n', XEN), [],
+     "domain[0].xen.xl_cfg: unknown key"),
+    ("xen_relative_helper", edited("[domain.xen]\n", '[domain.xen]\nsave_helper = "helper"\n', XEN), [],
+     "domain[0].xen.save_helper: must be an absolute path (got 'helper')"),
     ("role_override_needs_connect", edited('connect = "tcp:host=127.0.0.1:port=9000"\n', ""),
      ["--role", "primary"],
      "peer.connect: missing required key for role 'primary' (the primary connects to the secondary)"),
 ]
+
+
+def test_xen_domain() -> None:
+    """A Xen domain takes its Xen name from its own by default, and Debian's paths for the tools."""
+    loaded = config.parse(tomllib.loads(XEN), "xen.toml")
+    assert loaded.domains == (config.DomainConfig(
+        name="guest1", qmp_socket=None, nbd_host=None, nbd_port=None, disks=(),
+        xen=config.XenConfig(domain="guest1", xl_config="/etc/xen/guest1.cfg",
+                             save_helper="/usr/lib/xen-4.17/bin/libxl-save-helper", xl="/usr/sbin/xl")),)
+    assert loaded.with_role("primary").domains == loaded.domains  # the primary needs no xl_config
 
 
 class ExampleConfigTests(ScratchTestCase):

@@ -83,7 +83,7 @@ class EngineCore:
     role: str
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection) -> None:
+                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection | None) -> None:
         self.domain = domain
         self.node = node
         self.guest = guest
@@ -123,7 +123,7 @@ class EngineCore:
             if epoch != self._epoch:
                 self.log.warn("domain {domain}: a step cut short by the peer's loss failed too: {why}",
                               domain=self.domain.name, why=failure.getErrorMessage())
-            if failure.check(QMPDisconnected) or not self.qmp.connected:
+            if failure.check(QMPDisconnected) or (self.qmp is not None and not self.qmp.connected):
                 # Not a failure of the step: the guest's QEMU is gone (the
                 # connection's own loss may be reported a moment later).
                 self._feed(epoch, lambda: self.qemu_lost(failure.getErrorMessage()))  # type: ignore[attr-defined]

@@ -56,7 +56,7 @@ class SecondaryEngine(EngineCore):
     setTrace = _machine._setTrace
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection) -> None:
+                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection | None) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp)
         self._buffer: list[Record] = []
         self._first = True

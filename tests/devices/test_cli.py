@@ -16,6 +16,7 @@ from colod import cli
 from colod.qemu_args import qemu_args
 from tests.devices.pair import ReplicationTestCase
 from tests.devices.test_group import domain
+from tests.test_config import XEN
 
 COLOD = str(Path(sys.executable).with_name("colod"))
 
@@ -62,6 +63,14 @@ class QemuArgsCommandTests(ReplicationTestCase):
         self.assertEqual(out.splitlines(), [
             "-machine suppress-vmdesc=on", "-global migration.send-configuration=off",
             "-global apic-common.vapic=off", "-incoming defer"])
+
+    def test_a_xen_domain_has_no_qemu_arguments(self) -> None:
+        path = self.workdir / "xen.toml"
+        path.write_text(XEN)
+        status, out, err = self.run_cli("qemu-args", "--role", "secondary", "--config", str(path))
+        self.assertEqual((status, out), (2, ""))
+        self.assertEqual(err.splitlines()[-1], "colod: error: domain 'guest1' is a Xen domain: "
+                                     "libxl starts its QEMU (docs/xen.md)")
 
     def test_usage_errors_exit_2(self) -> None:
         """Exit status 2, and the last line names the problem (argparse's choices format varies)."""
