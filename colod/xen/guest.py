@@ -41,6 +41,7 @@ from colod.protocol import (
     EmulatorContext,
     Encoder,
     Record,
+    StreamError,
 )
 from colod.xen.domain import XenDomain
 from colod.xen.helper_messages import StreamType
@@ -159,6 +160,7 @@ class XenPrimaryGuest:
         self._questions = _Questions(self._clock)
         self._stream = HelperStream()
         self._run: Deferred[HelperResult] | None = None
+        self._stream_error: StreamError | None = None
         #: Seconds spent copying pages: the helper copies them, outside colod.
         self.copy_seconds = 0.0
         self.description = f"Xen domain {domain.domid} (save helper {binary}; checkpoint mode)"
@@ -204,9 +206,18 @@ class XenPrimaryGuest:
     def _start(self) -> None:
         command = HelperCommand.save(domid=self._domain.domid, stream_type=StreamType.REMUS)
         self._run = run_helper(self._reactor, command, _Callbacks(self._questions, self._domain),
-                               stream_sink=self._stream.receive_data, binary=self._binary,
+                               stream_sink=self._receive, binary=self._binary,
                                timeouts=self._helper_timeouts)
         self._run.addBoth(self._ended)
+
+    def _receive(self, data: bytes) -> None:
+        """The helper's stream bytes; a malformed stream is kept as the reason no checkpoint comes."""
+        if self._stream_error is not None:
+            return
+        try:
+            self._stream.receive_data(data)
+        except StreamError as error:
+            self._stream_error = error
 
     def _ended(self, result: HelperResult | Failure) -> HelperResult | Failure:
         reason = result if isinstance(result, Failure) else Failure(
@@ -219,6 +230,8 @@ class XenPrimaryGuest:
         question, but on the stream's pipe, which the reactor may not have read yet."""
         await self._questions.asked("postcopy", self._timeout)
         while (records := self._stream.next_checkpoint()) is None:
+            if self._stream_error is not None:
+                raise XenGuestError(f"the save helper's stream: {self._stream_error}")
             if self._questions.ended is not None:
                 raise XenGuestError("the save helper ended without a complete checkpoint")
             await deferLater(self._clock, STREAM_POLL_INTERVAL, lambda: None)

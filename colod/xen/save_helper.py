@@ -357,7 +357,12 @@ class HelperProtocolError(HelperError):
 
 
 def _errno_text(errno: int) -> str:
-    return f", errno {errno} ({os.strerror(errno)})" if errno else ""
+    """The log message's errno (a u32 on the wire, a C int in the helper: -1 arrives as 2**32 - 1)."""
+    if not errno:
+        return ""
+    if errno >= 1 << 31:
+        errno -= 1 << 32
+    return f", errno {errno} ({os.strerror(errno)})" if errno > 0 else f", errno {errno}"
 
 
 def _describe_exit(exit_code: int | None, signum: int | None) -> str:

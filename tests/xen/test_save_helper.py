@@ -336,6 +336,14 @@ class CallbackLoopTests(DriverTestCase):
         self.assertEqual(str(caught.exception), "give the helper's stream either an fd or a sink")
 
     @async_test
+    async def test_a_negative_errno_is_logged(self) -> None:
+        """The wire's u32 errno is the helper's C int: -1 arrives as 2**32 - 1 and is logged as -1."""
+        await self.run_helper(PLAIN_SAVE, Recorder(), [
+            ["send", "log", 8, 0xFFFFFFFF, "xc", "odd"], ["send", "complete", 0, 0], ["expect", 0]])
+        self.assertIn((LogLevel.error, "libxl-save-helper --save-domain for domain 5: xc: odd, errno -1"),
+                      self.logged)
+
+    @async_test
     async def test_restore(self) -> None:
         """static_data_done is answered; restore_results reaches the callbacks and the result."""
         callbacks = Recorder()
