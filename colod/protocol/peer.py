@@ -193,7 +193,10 @@ class PeerLink(Protocol):
         """
         if not self._open:
             raise LinkNotOpen("the peer link is not open")
-        self.transport.writeSequence(self._encoder.send_buffers(record))
+        # Twisted's transports take bytes only: a view (a record read from another stream, such as a
+        # save helper's pages) is copied here, once.
+        self.transport.writeSequence([chunk if isinstance(chunk, bytes) else bytes(chunk)
+                                      for chunk in self._encoder.send_buffers(record)])
         if self._beat_due:
             self._beat()
 
