@@ -44,10 +44,15 @@ clean:
 # QEMU.  `make xenlab` builds it into /var/cache/colod-xenlab ($XENLAB_CACHE)
 # unless that is current; `make xenlab-smoke` also boots it, runs the HVM test
 # guest and checks colod in dom0 (minutes; one summary line).
-.PHONY: xenlab xenlab-smoke
+.PHONY: xenlab xenlab-smoke xen-test
 
 xenlab: setup
 	$(PY) -m colod.xenlab build
 
 xenlab-smoke: setup
 	$(PY) -m colod.xenlab smoke
+
+# Two colod daemons in the lab's dom0 protect a real HVM guest through the loss
+# of its host (tests/xenlab/xen_test.py; minutes; one summary line).
+xen-test: setup
+	$(PY) -m tests.xenlab.xen_test
