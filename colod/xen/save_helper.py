@@ -357,12 +357,11 @@ class HelperProtocolError(HelperError):
 
 
 def _errno_text(errno: int) -> str:
-    """The log message's errno (a u32 on the wire, a C int in the helper: -1 arrives as 2**32 - 1)."""
-    if not errno:
-        return ""
+    """The log message's errno: a u32 on the wire, a C int in the helper, where xentoollog's -1
+    (arriving as 2**32 - 1) means "no errno"."""
     if errno >= 1 << 31:
         errno -= 1 << 32
-    return f", errno {errno} ({os.strerror(errno)})" if errno > 0 else f", errno {errno}"
+    return f", errno {errno} ({os.strerror(errno)})" if errno > 0 else ""
 
 
 def _describe_exit(exit_code: int | None, signum: int | None) -> str:
