@@ -110,7 +110,7 @@ def _tail(path: Path) -> str:
     return "".join(f"\n  {path.name}: {line}" for line in lines[-LOG_TAIL:])
 
 
-def _terminate(process: subprocess.Popen[bytes] | None) -> int | None:
+def terminate(process: subprocess.Popen[bytes] | None) -> int | None:
     """SIGTERM (after SIGCONT, in case it was stopped), then SIGKILL past the deadline; reaps it."""
     if process is None:
         return None
@@ -263,7 +263,7 @@ class Node:
 
     def stop_daemon(self) -> int | None:
         """Stop the daemon as an admin would (SIGTERM); returns its exit status."""
-        return _terminate(self.daemon)
+        return terminate(self.daemon)
 
     def kill_qemu(self) -> None:
         """SIGKILL QEMU: the device model crashed, or its host is gone."""
@@ -436,7 +436,7 @@ hidden_image = "{node.hidden}"
 
     def stop_writer(self) -> int | None:
         """Stop the writer between two operations; returns its exit status (1 if its QEMU was gone)."""
-        return _terminate(self.writer)
+        return terminate(self.writer)
 
     def kill_writer(self) -> None:
         _kill(self.writer)

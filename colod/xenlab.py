@@ -66,6 +66,7 @@ from pathlib import Path
 
 import attrs
 
+from colod.lab import terminate
 from colod.qemu_process import _die_with_parent
 
 TREE = Path(__file__).resolve().parents[1]
@@ -90,7 +91,6 @@ BUILD_TIMEOUT = 3600.0
 BOOT_TIMEOUT = 300.0
 COMMAND_TIMEOUT = 60.0
 GUEST_TIMEOUT = 300.0
-STOP_TIMEOUT = 10.0
 #: How much longer than a command's own deadline the host waits for its
 #: result: the runner's SIGTERM-to-SIGKILL grace, its poll, the 9p round trips.
 COMMAND_GRACE = 15.0
@@ -455,14 +455,7 @@ class XenLab:
             self._progress(f"stopping without a clean sync: {str(e).splitlines()[0]}")
         finally:
             self._note_rss()
-            process = self._process
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            terminate(self._process)
             self._process = None
             self._ready = False
             _running.discard(self)
