@@ -283,9 +283,8 @@ class XenSecondaryGuest:
         if self._receiver is None:
             self._receiver = Receiver.start(self._reactor, self._command, self._config, self._timeout)
             await self._receiver.ready
-        data = b"".join(chunk for record in (*records, CheckpointEnd())
-                        for chunk in self._encoder.send_buffers(record))
-        self._receiver.send(data)
+        for record in (*records, CheckpointEnd()):
+            self._receiver.send(b"".join(self._encoder.send_buffers(record)))
 
     @staticmethod
     def _failed_over(failure: Failure) -> None:

@@ -16,13 +16,16 @@ header (magic, byte order, flags, and the domain's configuration as optional
 data: here the xl configuration file of this host, so the flags say "not
 JSON"), then the libxl stream.  colod writes each checkpoint only once it is
 complete (after CHECKPOINT_END arrived from the primary), so the receiver
-never holds half of one, and closes the receiver's stdin to fail over.
+never holds half of one.  colod never holds the receiver's input itself: it
+talks to it through L{colod.xen.guard}, which ends that input (the receiver
+fails over) only when colod says so, and kills the receiver when colod dies.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import sys
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
@@ -30,6 +33,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from colod.xen import guard
 
 #: What the receiver writes when it is ready for the stream.
 BANNER = b"xl migration receiver ready, send binary domain data.\n"
@@ -45,9 +50,15 @@ RECEIVE_ARGS = ("migrate-receive", "-r", "-e")
 SAID_LINES = 8
 
 
-def receive_command(xl: str = "xl") -> list[str]:
-    """The receiver's command line, with ``xl`` the path of Xen's xl."""
-    return [xl, *RECEIVE_ARGS]
+def receive_command(domain: str, xl: str = "xl") -> list[str]:
+    """The command line of the receiver of ``domain`` behind its guard, ``xl`` the path of Xen's xl."""
+    return guarded([xl, *RECEIVE_ARGS], incoming=f"{domain}--incoming", xl=xl)
+
+
+def guarded(receiver: Sequence[str], *, incoming: str, xl: str) -> list[str]:
+    """``receiver``'s command line run by the guard, which destroys ``incoming`` (with ``xl``) if
+    it has to kill the receiver."""
+    return [sys.executable, guard.__file__, "--incoming", incoming, "--xl", xl, "--", *receiver]
 
 
 def xl_header(config: bytes) -> bytes:
@@ -113,7 +124,7 @@ class Receiver(ProcessProtocol):
             self._refuse(f"the receiver wrote {self._banner[:80]!r}, not its banner")
         elif len(self._banner) >= len(BANNER):
             self._cancel_deadline()
-            self.transport.write(xl_header(self._config))
+            self.send(xl_header(self._config))
             self.ready.callback(None)
 
     def errReceived(self, data: bytes) -> None:
@@ -139,7 +150,7 @@ class Receiver(ProcessProtocol):
 
     def send(self, data: bytes) -> None:
         """Stream bytes for the receiver (after L{ready})."""
-        self.transport.write(data)
+        self.transport.write(guard.frame(data))
 
     def fail_over(self, timeout: float) -> Deferred[None]:
         """End the stream: the receiver fails over to its last complete checkpoint and exits.
@@ -149,6 +160,7 @@ class Receiver(ProcessProtocol):
         d: Deferred[int | None] = Deferred()
         if self.running:
             self._exit_waiters.append(d)
+            self.transport.write(guard.FAIL_OVER)
             self.transport.closeStdin()
             d.addTimeout(timeout, self._clock, onTimeoutCancel=self._still_running)
         else:
@@ -156,9 +168,10 @@ class Receiver(ProcessProtocol):
         return d.addCallback(self._judge)
 
     def stop(self) -> None:
-        """Kill the receiver (replication ends without a failover): its paused domain goes with it."""
+        """Stop the receiver without a failover (replication ends): its guard kills it and destroys its
+        paused domain."""
         if self.running:
-            self.transport.signalProcess("KILL")
+            self.transport.signalProcess("TERM")
 
     # --- internals ------------------------------------------------------------
 
@@ -167,10 +180,9 @@ class Receiver(ProcessProtocol):
             raise ReceiverError(f"the receiver did not fail over ({self._how(code)}){self._quote()}")
 
     def _still_running(self, result: object, timeout: float) -> None:
-        self.stop()
+        if self.running:  # the guard lets nothing stop a failover but its own death, which kills xl
+            self.transport.signalProcess("KILL")
         raise ReceiverError(f"the receiver had not failed over after {timeout:g} s{self._quote()}")
-
-
     def _no_banner(self) -> None:
         self._deadline = None
         self._refuse(f"no banner from the receiver within {self._banner_timeout:g} s")

@@ -7,6 +7,7 @@ side's guest engine (L{colod.xen.guest}).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from twisted.internet.interfaces import IReactorProcess
@@ -20,6 +21,8 @@ from colod.xen.receiver import receive_command
 
 #: What colod asks of a Xen domain's device model (libxl's QEMU has no replication commands).
 DEVICE_MODEL_COMMANDS = frozenset({"stop", "cont", "xen-save-devices-state", "xen-set-global-dirty-log"})
+
+_NAME = re.compile(r"""^\s*name\s*=\s*(["'])(?P<name>[^"'\n]*)\1""", re.MULTILINE)
 
 
 class XenSetupError(Exception):
@@ -53,4 +56,15 @@ def secondary_guest(xen: XenConfig, reactor: IReactorProcess, timeout: float) ->
     except OSError as error:
         raise XenSetupError(
             f"cannot read the guest's xl configuration {xen.xl_config}: {error.strerror}") from None
-    return XenSecondaryGuest(reactor, receive_command(xen.xl), config, timeout=timeout)
+    named = config_name(config)
+    if named != xen.domain:
+        raise XenSetupError(f"the xl configuration {xen.xl_config} names the guest {named!r}, but "
+                            f"[domain.xen] domain is {xen.domain!r}: they must be the same, for the "
+                            f"receiver's copy is {named}--incoming until it takes over")
+    return XenSecondaryGuest(reactor, receive_command(xen.domain, xen.xl), config, timeout=timeout)
+
+
+def config_name(config: bytes) -> str | None:
+    """The guest's ``name`` in the text of an xl configuration file, or None if it has none."""
+    found = _NAME.search(config.decode(errors="replace"))
+    return found.group("name") if found else None

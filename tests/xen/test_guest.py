@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from colod.xen.guest import XenGuestError, XenPrimaryGuest, XenSecondaryGuest
 from colod.xen.save_helper import HelperTimeouts
 from tests.protocol.streams import decode, remus_main
 from tests.rig import ScratchTestCase, async_test
+from tests.xen.stand_in_receiver import guarded_stand_in
 from tests.xen.test_domain import FakeQMP, FakeXen
 from tests.xen.test_save_helper import DriverTestCase
 
@@ -108,8 +108,7 @@ class XenSecondaryGuestTests(ScratchTestCase):
         kept = self.workdir / "received"
         os.environ.update({"PYTHONPATH": str(REPO), **environment})
         self.addCleanup(lambda: [os.environ.pop(name, None) for name in environment])
-        guest = XenSecondaryGuest(reactor, [sys.executable, "-m", "tests.xen.stand_in_receiver", str(kept)],
-                                  CONFIG, timeout=10.0)
+        guest = XenSecondaryGuest(reactor, guarded_stand_in(kept, self.workdir), CONFIG, timeout=10.0)
         self.addCleanup(guest.close)
         return guest, kept
 

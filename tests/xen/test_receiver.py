@@ -3,7 +3,8 @@
 The header is checked byte for byte against xl's layout (xl_utils.h's
 save_file_header, xl_saverestore.c's optional data).  The conversation runs
 against tests/xen/stand_in_receiver.py, which stands in for the real
-receiver (it needs a hypervisor; the Xen lab runs the real one).
+receiver (it needs a hypervisor; the Xen lab runs the real one), behind
+colod's real guard.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 from twisted.internet import reactor
 
 from colod.protocol import Checkpointed
+from colod.xen import guard
 from colod.xen.receiver import BANNER, Receiver, ReceiverError, receive_command, xl_header
 from tests.protocol.streams import encode, remus_main
 from tests.rig import ScratchTestCase, async_test
+from tests.xen.stand_in_receiver import guarded_stand_in
 
 CONFIG = b'name = "hvm1"\ntype = "hvm"\nmemory = 128\n'
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -33,7 +36,9 @@ def test_xl_header_layout() -> None:
 
 
 def test_the_receivers_command_line() -> None:
-    assert receive_command("/usr/sbin/xl") == ["/usr/sbin/xl", "migrate-receive", "-r", "-e"]
+    assert receive_command("hvm1", "/usr/sbin/xl") == [
+        sys.executable, guard.__file__, "--incoming", "hvm1--incoming", "--xl", "/usr/sbin/xl", "--",
+        "/usr/sbin/xl", "migrate-receive", "-r", "-e"]
     assert len(BANNER) == 54
 
 
@@ -42,8 +47,7 @@ class ReceiverTests(ScratchTestCase):
         kept = self.workdir / "received"
         os.environ.update({"PYTHONPATH": str(REPO), **environment})
         self.addCleanup(lambda: [os.environ.pop(name, None) for name in environment])
-        receiver = Receiver.start(reactor, [sys.executable, "-m", "tests.xen.stand_in_receiver", str(kept)],
-                                  CONFIG, banner_timeout)
+        receiver = Receiver.start(reactor, guarded_stand_in(kept, self.workdir), CONFIG, banner_timeout)
         self.addCleanup(receiver.stop)
         return receiver, kept
 
@@ -84,7 +88,17 @@ class ReceiverTests(ScratchTestCase):
             await receiver.ready
         self.assertEqual(str(caught.exception), "no banner from the receiver within 0.5 s")
 
-    def test_a_missing_xl_is_named(self) -> None:
+    @async_test
+    async def test_a_missing_xl_is_named(self) -> None:
+        missing = self.workdir / "no-xl"
+        receiver = Receiver.start(reactor, receive_command("hvm1", str(missing)), CONFIG, 10.0)
         with self.assertRaises(ReceiverError) as caught:
-            Receiver.start(reactor, [str(self.workdir / "no-xl"), "migrate-receive"], CONFIG, 1.0)
-        self.assertIn("no-xl", str(caught.exception))
+            await receiver.ready
+        self.assertEqual(str(caught.exception), "the receiver exited before it was ready (exit status 127); "
+                                                f"it said: colod receiver guard: cannot start {missing}: "
+                                                "No such file or directory")
+
+    def test_a_missing_guard_interpreter_is_named(self) -> None:
+        with self.assertRaises(ReceiverError) as caught:
+            Receiver.start(reactor, [str(self.workdir / "no-python"), "guard.py"], CONFIG, 1.0)
+        self.assertIn("no-python", str(caught.exception))

@@ -14,10 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from twisted.internet import reactor
 
 from colod.config import XenConfig
-from colod.xen.setup import XenSetupError, domain_id, secondary_guest
+from colod.xen.setup import XenSetupError, config_name, domain_id, secondary_guest
 from tests.rig import TWISTD, ScratchTestCase, async_test, wait_for_text
 from tests.test_config import XEN
 
@@ -58,6 +59,29 @@ class XenSetupTests(ScratchTestCase):
             secondary_guest(xen, reactor, 10.0)
         self.assertEqual(str(caught.exception), f"cannot read the guest's xl configuration {xen.xl_config}: "
                                                 "No such file or directory")
+
+
+    def test_the_xl_configuration_names_the_same_guest(self) -> None:
+        """The guard destroys NAME--incoming by the configured name: a different one is refused."""
+        xen = self.xen()
+        Path(xen.xl_config).write_text('type = "hvm"\nname = "other"\n')
+        with self.assertRaises(XenSetupError) as caught:
+            secondary_guest(xen, reactor, 10.0)
+        self.assertEqual(str(caught.exception), f"the xl configuration {xen.xl_config} names the guest "
+                                                "'other', but [domain.xen] domain is 'guest1': they must be "
+                                                "the same, for the receiver's copy is other--incoming until "
+                                                "it takes over")
+
+
+@pytest.mark.parametrize(("text", "name"), [
+    ('name = "hvm1"\n', "hvm1"),
+    ("  name='hvm-2'  # a comment\n", "hvm-2"),
+    ('memory = 128\nname = "x"\n', "x"),
+    ('#name = "old"\nmemory = 128\n', None),
+    ('hostname = "h"\n', None),
+])
+def test_config_name(text: str, name: str | None) -> None:
+    assert config_name(text.encode()) == name
 
 
 class XenDaemonTests(ScratchTestCase):

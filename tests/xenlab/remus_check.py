@@ -89,7 +89,7 @@ async def check(args: argparse.Namespace) -> str:
     domain.serial = primary_serial
     config = secondary_config(Path(args.config).read_text(), secondary_serial)
     primary = XenPrimaryGuest(domain, reactor, timeout=120.0)
-    secondary = XenSecondaryGuest(reactor, receive_command(), config, timeout=60.0)
+    secondary = XenSecondaryGuest(reactor, receive_command(args.domain), config, timeout=60.0)
     started = time.monotonic()
     for n in range(args.checkpoints):
         await primary.suspend()
