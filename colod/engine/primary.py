@@ -6,7 +6,8 @@ write CHECKPOINT_STATE(NEW); suspend the guest and run the devices'
 postsuspend; read SVM_SUSPENDED and the secondary's dirty pages from the back
 channel; send the pages, CHECKPOINT, the device model's state and
 CHECKPOINT_END; read SVM_READY; run the devices' preresume and resume the
-guest; read SVM_RESUMED.  The first round sends every page instead, and
+guest; read SVM_RESUMED.  The first round sends every page instead (those
+the guest engine can copy while the guest runs, then the rest), and
 starts the devices' replication once the secondary is READY (its NBD server
 is up by then).
 
@@ -119,7 +120,8 @@ class PrimaryEngine(EngineCore):
 
     @_machine.state()
     def sending_first_copy(self) -> None:
-        """The guest is suspended and all of it goes to the secondary (the first round)."""
+        """All of the guest goes to the secondary (the first round): what can be copied while it
+        runs, then the rest with the guest suspended."""
 
     @_machine.state()
     def awaiting_svm_ready(self) -> None:
@@ -243,15 +245,22 @@ class PrimaryEngine(EngineCore):
 
     @_machine.output()
     def _send_first_copy(self) -> None:
-        self.log.info("domain {domain}: first checkpoint: suspending the guest and sending all of it",
-                      domain=self.domain.name)
-        self._begin_pause()
+        self.log.info("domain {domain}: first checkpoint: copying the guest while it runs, then "
+                      "suspending it and sending the rest", domain=self.domain.name)
         self.run_step(self._first_copy, self.first_copy_sent)
 
     async def _first_copy(self) -> None:
+        self._send_live(LibxcContext())
+        await self.guest.copy_live(self._send_live)
+        self._begin_pause()  # the live copy has the guest engine's deadline; the pause has its own
         await self._suspend_guest()
-        records = [LibxcContext(), *await self.guest.first_records()]
-        await self._send_checkpoint_records(records)
+        await self._send_checkpoint_records(await self.guest.first_records())
+
+    def _send_live(self, record: Record) -> None:
+        """A record of the first copy, sent while the guest runs; if the link is gone, the step
+        fails where it sends the rest."""
+        if self.link is not None:
+            self.link.sendRecord(record)
 
     @_machine.output()
     def _resume_guest(self) -> None:

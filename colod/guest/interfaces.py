@@ -11,7 +11,7 @@ from the helper's stream instead of built here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -32,9 +32,15 @@ class IGuestEngine(Interface):
 
     # -- primary ------------------------------------------------------------
 
+    def copy_live(send: Callable[[Record], None]) -> Deferred[None]:
+        """Guest running, before the first checkpoint: hand to ``send``, as they are made, the
+        first checkpoint's libxc records that can be made while the guest runs (a live copy of
+        its memory, as libxc's); fires once the rest needs the guest suspended."""
+
     def first_records() -> Deferred[Sequence[Record]]:
-        """Guest suspended: the libxc stream of the first checkpoint, from its image header to
-        its last record before CHECKPOINT (every page), dirty tracking reset."""
+        """Guest suspended: the rest of the first checkpoint's libxc stream after what
+        L{copy_live} sent, up to its last record before CHECKPOINT (with it: from the image
+        header, every page), dirty tracking reset."""
 
     def checkpoint_records(secondary_dirty: CheckpointDirtyPfnList) -> Deferred[Sequence[Record]]:
         """Guest suspended: the libxc body of a later checkpoint, with the secondary's dirty pages too."""

@@ -87,6 +87,9 @@ class QemuGuest:
 
     # -- primary ------------------------------------------------------------
 
+    def copy_live(self, send: Callable[[Record], None]) -> Deferred[None]:
+        return succeed(None)  # the memory image is copied whole in the first pause
+
     def first_records(self) -> Deferred[Sequence[Record]]:
         # What libxc writes first: an HVM guest's headers, its (here empty) static data.
         headers: list[Record] = [ImageHeader(), DomainHeader(), StaticDataEnd()]

@@ -4,7 +4,8 @@ The guest engines for a real Xen domain: its memory and vCPUs moved by Xen's
 own save helper on the primary, restored by Xen's own Remus receiver on the
 secondary (docs/xen.md says why this route).
 
-Primary.  libxl-save-helper drives a save: it copies the guest live, then at
+Primary.  libxl-save-helper drives a save: it copies the guest live (colod
+sends that copy on as it comes, L{XenPrimaryGuest.copy_live}), then at
 every checkpoint asks its toolstack to suspend the guest, writes the dirty
 pages and the vCPU and platform state, asks to resume it, and asks whether to
 go on.  colod's engine drives checkpoints instead (its interval, its
@@ -24,7 +25,7 @@ receiver's input: Xen fails over to the last checkpoint and runs the guest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
@@ -160,6 +161,7 @@ class XenPrimaryGuest:
         self._questions = _Questions(self._clock)
         self._stream = HelperStream()
         self._run: Deferred[HelperResult] | None = None
+        self._first = True
         self._stream_error: StreamError | None = None
         #: Seconds spent copying pages: the helper copies them, outside colod.
         self.copy_seconds = 0.0
@@ -169,10 +171,11 @@ class XenPrimaryGuest:
 
     async def suspend(self) -> None:
         if self._run is None:
-            self._start()
-        else:
+            raise XenGuestError("the save helper is not running: a first checkpoint begins with copy_live")
+        if not self._first:
             await self._questions.asked("checkpoint", self._timeout)
             self._questions.answer("checkpoint", GO_ON)
+        self._first = False
         await self._questions.asked("suspend", self._timeout)
         await self._domain.suspend()
         self._questions.answer("suspend", GO_ON)
@@ -181,6 +184,9 @@ class XenPrimaryGuest:
         await self._questions.asked("postcopy", self._timeout)
         await self._domain.resume()
         self._questions.answer("postcopy", GO_ON)
+
+    def copy_live(self, send: Callable[[Record], None]) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._copy_live(send))
 
     def first_records(self) -> Deferred[Sequence[Record]]:
         return Deferred.fromCoroutine(self._checkpoint_records())
@@ -197,6 +203,7 @@ class XenPrimaryGuest:
     def close(self) -> Deferred[None]:
         """No more checkpoints: the helper ends at its next question (the guest runs on)."""
         self._questions.answer_when_asked("checkpoint", STOP)
+        self._questions.answer_when_asked("suspend", STOP)  # closed during the live copy
         if self._run is None:
             return succeed(None)
         return self._run.addErrback(lambda _: None).addCallback(lambda _: None)
@@ -209,6 +216,16 @@ class XenPrimaryGuest:
                                stream_sink=self._receive, binary=self._binary,
                                timeouts=self._helper_timeouts)
         self._run.addBoth(self._ended)
+
+    async def _copy_live(self, send: Callable[[Record], None]) -> None:
+        """Start the helper; pass its records on until it asks to suspend the guest (records it
+        wrote just before asking may still be on the pipe: they wait for L{first_records})."""
+        self._stream.live = send
+        self._start()
+        try:
+            await self._questions.asked("suspend", self._timeout)
+        finally:
+            self._stream.live = None
 
     def _receive(self, data: bytes) -> None:
         """The helper's stream bytes; a malformed stream is kept as the reason no checkpoint comes."""

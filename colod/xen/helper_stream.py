@@ -12,11 +12,16 @@ from a pipe instead, so that they travel on the peer link between its
 heartbeats: this module checks them with colod's own decoder, positioned as
 libxl would have left the stream, and hands them out one checkpoint at a
 time, each the records up to (not including) the helper's CHECKPOINT.
+While L{HelperStream.live} is set (the first copy, made while the guest
+runs), the records of the open round go to it one by one instead, so that
+the guest's memory travels while it is being copied, not all at once in the
+first checkpoint's pause.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from colod.protocol import (
     CLOSED,
@@ -50,6 +55,8 @@ class HelperStream:
         self._checkpoints: deque[list[Record]] = deque()
         #: The helper wrote libxc END: the save is over (no more checkpoints).
         self.ended = False
+        #: Where the open round's records go as they come, while set; else they wait for the round's end.
+        self.live: Callable[[Record], None] | None = None
 
     def receive_data(self, data: bytes) -> None:
         """Bytes the helper wrote; b"" when its fd closed."""
@@ -68,5 +75,7 @@ class HelperStream:
                 self._decoder.skip(CheckpointEnd())  # libxl's, in the checkpoint callback
             elif isinstance(record, LibxcEnd):
                 self.ended = True
+            elif self.live is not None and not self._checkpoints:
+                self.live(record)
             else:
                 self._round.append(record)

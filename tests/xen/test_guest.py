@@ -60,9 +60,13 @@ def helper_rounds(rounds: int) -> list[list[Record]]:
     return out[:-1]
 
 
-def scenario(rounds: list[list[Record]]) -> list[list[Any]]:
-    """The stand-in helper's steps: libxc's order of questions, told to stop at the last checkpoint."""
+def scenario(rounds: list[list[Record]], live: int = 0) -> list[list[Any]]:
+    """The stand-in helper's steps: libxc's order of questions, told to stop at the last checkpoint;
+    the first ``live`` records are written before the first suspend (the live copy)."""
     steps: list[list[Any]] = [["send", "switch_qemu_logdirty", 7, 1], ["expect", 0]]
+    if live:
+        steps.append(["write_hex", "io_fd", hexed(rounds[0][:live])])
+        rounds = [rounds[0][live:], *rounds[1:]]
     for n, records in enumerate(rounds, start=1):
         steps += [["send", "suspend"], ["expect", 1], ["write_hex", "io_fd", hexed(records)],
                   ["send", "postcopy"], ["expect", 1], ["send", "checkpoint"],
@@ -71,27 +75,62 @@ def scenario(rounds: list[list[Record]]) -> list[list[Any]]:
 
 
 class XenPrimaryGuestTests(DriverTestCase):
-    @async_test
-    async def test_checkpoints_paced_by_the_engine(self) -> None:
-        rounds = helper_rounds(3)
-        os.environ["STAND_IN_SCENARIO"] = json.dumps(scenario(rounds))
+    def guest(self, rounds: list[list[Record]], live: int = 0) -> tuple[XenPrimaryGuest, FakeXen]:
+        os.environ["STAND_IN_SCENARIO"] = json.dumps(scenario(rounds, live))
         self.addCleanup(os.environ.pop, "STAND_IN_SCENARIO", None)
         state = self.workdir / "dm-state"
         state.write_bytes(STATE)
         xen = FakeXen()
         domain = XenDomain(7, xen, xen, FakeQMP(xen.calls), reactor, state, 5.0)
-        guest = XenPrimaryGuest(domain, reactor, timeout=10.0, binary=str(self.binary),
-                                helper_timeouts=HelperTimeouts(silence=10.0, callback=10.0))
-        got = []
-        for n in range(3):
+        return XenPrimaryGuest(domain, reactor, timeout=10.0, binary=str(self.binary),
+                               helper_timeouts=HelperTimeouts(silence=10.0, callback=10.0)), xen
+
+    async def checkpoints(self, guest: XenPrimaryGuest, count: int) -> list[list[Record]]:
+        """What the engine gets from ``count`` checkpoints: the live copy's records, then each round's."""
+        live: list[Record] = []
+        await guest.copy_live(live.append)
+        got = [live]
+        for n in range(count):
             await guest.suspend()
             got.append(list(await (guest.first_records() if n == 0 else
                                    guest.checkpoint_records(CheckpointDirtyPfnList()))))
             self.assertEqual(await guest.emulator_records(), [EmulatorContext(blob=STATE)])
             await guest.resume()
         await guest.close()
-        self.assertEqual(got, [r[:-1] for r in rounds])  # without the helper's CHECKPOINT record
+        return got
+
+    @async_test
+    async def test_checkpoints_paced_by_the_engine(self) -> None:
+        rounds = helper_rounds(3)
+        guest, xen = self.guest(rounds)
+        got = await self.checkpoints(guest, 3)
+        self.assertEqual(got, [[], *(r[:-1] for r in rounds)])  # without the helper's CHECKPOINT record
         self.assertEqual([c[0] for c in xen.calls].count("domain_resume"), 3)
+
+    @async_test
+    async def test_the_live_copy_goes_out_before_the_first_suspend(self) -> None:
+        rounds = helper_rounds(2)
+        guest, xen = self.guest(rounds, live=3)
+        live: list[Record] = []
+        await guest.copy_live(live.append)
+        self.assertEqual(live, rounds[0][:3])
+        suspending = [c for c in xen.calls if c[0] in ("domain_shutdown", "xs.write") or c[1:2] == ("stop",)]
+        self.assertEqual(suspending, [], "the guest was suspended during its live copy")
+        await guest.suspend()
+        self.assertEqual(list(await guest.first_records()), rounds[0][3:-1])
+        await guest.resume()
+        await guest.suspend()
+        self.assertEqual(list(await guest.checkpoint_records(CheckpointDirtyPfnList())), rounds[1][:-1])
+        await guest.resume()
+        await guest.close()
+
+    @async_test
+    async def test_a_first_suspend_without_the_live_copy_is_refused(self) -> None:
+        guest, _ = self.guest(helper_rounds(1))
+        with self.assertRaises(XenGuestError) as caught:
+            await guest.suspend()
+        self.assertEqual(str(caught.exception), "the save helper is not running: a first checkpoint begins "
+                                                "with copy_live")
 
     def test_the_secondary_copy_does_not_run(self) -> None:
         xen = FakeXen()

@@ -98,3 +98,22 @@ def test_output_cut_short_is_refused() -> None:
     with pytest.raises(StreamError) as caught:
         stream.receive_data(b"")
     assert "stream ends inside" in str(caught.value)
+
+
+@pytest.mark.parametrize("chunk", [1, 4096, 1 << 20])
+def test_live_records_go_out_one_by_one_until_live_is_unset(chunk: int) -> None:
+    """The first copy: records go to ``live`` as they are decoded; the rest of the round, after
+    ``live`` is unset (the guest is suspended), comes out as the first checkpoint."""
+    data, expected = helper_output(2)
+    first = expected[0]
+    cut = sum(len(b"".join(write_record(r))) for r in first[:3])  # three records before the suspend
+    stream = HelperStream()
+    live: list[Record] = []
+    stream.live = live.append
+    for at in range(0, cut, chunk):
+        stream.receive_data(data[at : min(at + chunk, cut)])
+        assert stream.next_checkpoint() is None
+    assert live == first[:3]
+    stream.live = None
+    stream.receive_data(data[cut:])
+    assert take_all(stream) == [first[3:], *expected[1:]]

@@ -37,15 +37,14 @@ from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
-from colod.protocol import Checkpoint, CheckpointDirtyPfnList, LibxcContext, StreamHeader  # noqa: E402
+from colod.protocol import Checkpoint, CheckpointDirtyPfnList, LibxcContext, Record, StreamHeader  # noqa: E402
 from colod.qmp import QMPConnection  # noqa: E402
 from colod.xen.domain import XenDomain, load_bindings, qmp_socket  # noqa: E402
 from colod.xen.guest import XenPrimaryGuest, XenSecondaryGuest  # noqa: E402
 from colod.xen.receiver import receive_command  # noqa: E402
+from colod.xen.setup import DEVICE_MODEL_COMMANDS  # noqa: E402
 
 TICK = re.compile(rb"GUEST-TICK (\d+)")
-#: The QMP commands a Xen device model must have for this.
-DEVICE_MODEL_COMMANDS = ("stop", "cont", "xen-save-devices-state", "xen-set-global-dirty-log")
 
 
 def last_tick(path: Path) -> int:
@@ -91,10 +90,12 @@ async def check(args: argparse.Namespace) -> str:
     primary = XenPrimaryGuest(domain, reactor, timeout=120.0)
     secondary = XenSecondaryGuest(reactor, receive_command(args.domain), config, timeout=60.0)
     started = time.monotonic()
+    live: list[Record] = []
+    await primary.copy_live(live.append)
     for n in range(args.checkpoints):
         await primary.suspend()
         if n == 0:
-            records = [StreamHeader(), LibxcContext(), *await primary.first_records()]
+            records = [StreamHeader(), LibxcContext(), *live, *await primary.first_records()]
         else:
             records = list(await primary.checkpoint_records(CheckpointDirtyPfnList()))
         emulator = await primary.emulator_records()
