@@ -7,13 +7,17 @@ streams and the header-less back channel, and it streams its input, so
 captures of many GiB need no more memory than their largest record.
 
 Exit status: 0 valid, 1 invalid (one line "offset N: reason" on stderr),
-2 usage or I/O error.
+2 usage or I/O error (one line naming the file and the error), 141 when the
+reader of its output left early (``dump FILE | head``), quietly, as a shell
+reports a filter ended by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -36,15 +40,32 @@ from colod.protocol import (
 )
 
 READ_SIZE = 1 << 20
+#: The exit status of a filter whose reader left: what a shell shows for one killed by SIGPIPE.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+
+
+class ReadFailed(Exception):
+    """Reading the stream failed (EIO, say): an I/O error, not a malformed stream."""
+
+    def __init__(self, offset: int, error: OSError) -> None:
+        super().__init__(f"at offset {offset}: {error.strerror or error}")
 
 
 def records(
     stream: BinaryIO, channel: Channel, checkpointed: Checkpointed = Checkpointed.AUTO
 ) -> Iterator[tuple[Frame, Record]]:
-    """Each record of C{stream} with its position, reading it a chunk at a time."""
+    """Each record of C{stream} with its position, reading it a chunk at a time.
+
+    @raise ReadFailed: a read failed; the records before it were yielded.
+    """
     decoder = Decoder(channel, checkpointed)
+    offset = 0
     while True:
-        chunk = stream.read(READ_SIZE)
+        try:
+            chunk = stream.read(READ_SIZE)
+        except OSError as error:
+            raise ReadFailed(offset, error) from error
+        offset += len(chunk)
         decoder.receive_data(chunk)
         while (record := decoder.next_record()) is not NEED_DATA:
             if record is CLOSED:
@@ -113,7 +134,21 @@ def _run(args: argparse.Namespace, stream: BinaryIO) -> int:
         return 1
     if args.command == "verify":
         print(f"valid {channel.value} stream: {count} records")
+    sys.stdout.flush()  # here, where a failure to write is still ours to report
     return 0
+
+
+def _io_error(text: str) -> int:
+    print(f"colod-stream: error: {text}", file=sys.stderr)
+    return 2
+
+
+def _pipe_closed() -> int:
+    """The reader of standard output left: stop quietly, and let nothing try to flush to it again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,14 +171,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.file == "-":
-        return _run(args, sys.stdin.buffer)
+    name = "standard input" if args.file == "-" else args.file
     try:
-        stream = open(args.file, "rb")
+        if args.file == "-":
+            return _run(args, sys.stdin.buffer)
+        with open(args.file, "rb") as stream:
+            return _run(args, stream)
+    except ReadFailed as error:
+        return _io_error(f"cannot read {name} {error}")
+    except BrokenPipeError:
+        return _pipe_closed()
     except OSError as error:
-        parser.error(f"cannot read {args.file}: {error.strerror}")
-    with stream:
-        return _run(args, stream)
+        if error.filename is not None:  # opening it
+            return _io_error(f"cannot read {name}: {error.strerror}")
+        return _io_error(f"cannot write the output: {error.strerror or error}")
 
 
 if __name__ == "__main__":

@@ -61,11 +61,9 @@ def test_usage_errors(argv: list[str], said: str, capsys: pytest.CaptureFixture[
 
 def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing"
-    with pytest.raises(SystemExit) as caught:
-        main(["verify", str(missing)])
-    assert caught.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"colod-stream: error: cannot read {missing}: No such file or directory")
+    assert main(["verify", str(missing)]) == 2
+    said = f"colod-stream: error: cannot read {missing}: No such file or directory\n"
+    assert capsys.readouterr().err == said
 
 
 def test_dump_text(colo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,3 +162,40 @@ def test_checkpointed_usage_error(colo: Path, capsys: pytest.CaptureFixture[str]
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         "colod-stream verify: error: argument --checkpointed: invalid choice: 'sometimes' ")
+
+
+#: The installed console script, run as a user runs it.
+TOOL = str(Path(sys.executable).with_name("colod-stream"))
+
+
+@pytest.mark.parametrize(("source", "said"), [
+    # The kernel answers a read of an unmapped address of a process's memory with EIO.
+    ("/proc/self/mem", "colod-stream: error: cannot read /proc/self/mem at offset 0: Input/output error"),
+    ("/proc", "colod-stream: error: cannot read /proc: Is a directory"),
+])
+def test_read_error_is_one_line_and_status_2(source: str, said: str) -> None:
+    done = subprocess.run([TOOL, "verify", source], capture_output=True, text=True, timeout=30, check=False)
+    assert (done.returncode, done.stderr, done.stdout) == (2, said + "\n", "")
+
+
+def test_read_error_on_standard_input() -> None:
+    """This process's memory as standard input: the open succeeded, the read fails with EIO."""
+    with open("/proc/self/mem", "rb", buffering=0) as memory:
+        done = subprocess.run([TOOL, "dump", "-"], stdin=memory, capture_output=True, text=True,
+                              timeout=30, check=False)
+    assert (done.returncode, done.stderr) == (
+        2, "colod-stream: error: cannot read standard input at offset 0: Input/output error\n")
+
+
+def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``colod-stream dump FILE | head -1``: one line, no traceback, status 141 as for SIGPIPE."""
+    path = tmp_path / "long.main"
+    path.write_bytes(encode(colo_main(250)))  # 1,500 lines: more than a pipe holds
+    dump = subprocess.Popen([TOOL, "dump", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-1"], stdin=dump.stdout, stdout=subprocess.PIPE)
+    dump.stdout.close()  # head alone reads it now
+    first, _ = head.communicate(timeout=30)
+    assert dump.wait(timeout=30) == 141
+    assert dump.stderr.read() == b""
+    dump.stderr.close()
+    assert first.split() == [b"0", b"libxl", b"STREAM_HEADER", b"16", b"legacy=False"]
