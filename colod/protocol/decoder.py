@@ -196,7 +196,8 @@ class Decoder:
         if self._pending is None:
             state = self._position.state
             if state in FINAL and self._buffered:
-                raise StreamError(self._offset, f"data {state.value} ({self._buffered} bytes)")
+                # No count: only the bytes received so far are known, and those depend on chunking.
+                raise StreamError(self._offset, f"data {state.value}")
             offset = self._offset
             header = self._take(RECORD_HEADER.size)
             if header is None:

@@ -82,6 +82,18 @@ def test_trailing_data_after_end() -> None:
         decode(encode(plain_hvm()) + bytes(8))
 
 
+@pytest.mark.parametrize("trailing", [1, 8, 5000])
+def test_trailing_data_error_does_not_depend_on_chunking(trailing: int) -> None:
+    """The same offset and words whether the bytes after END come whole or one at a time."""
+    data = encode(plain_hvm())
+    errors = []
+    for sizes in ((), (1,), (7, 4096)):
+        with pytest.raises(StreamError) as caught:
+            decode(data + bytes(trailing), sizes=sizes)
+        errors.append((caught.value.offset, caught.value.reason))
+    assert errors == [(len(data), "data after the end of the stream")] * 3
+
+
 def test_colo_stream_may_end_after_a_complete_checkpoint() -> None:
     """COLO never sends END: the primary's stream just stops (failover)."""
     records = colo_main(2)

@@ -179,7 +179,7 @@ REFUSED: list[tuple[str, str, str]] = [
     ("libxl", "02d010c0 04000000 01000000 00000000", "shorter than its 8-byte header"),
     ("libxl", "02d010c0 0a000000 01000000 02000000 6869 000000000001", "padding"),
     ("ended", "01d010c0 10000000 0000000000000000 0000000000000000",
-     "data after COLOD_REPLICATION_END ended the channel (24 bytes)"),
+     "data after COLOD_REPLICATION_END ended the channel"),
     ("back-ended", "05000000 04000000 02000000 00000000", "data after COLOD_REPLICATION_END"),
     ("back-ended", "02d010c0 08000000 01000000 00000000", "data after COLOD_REPLICATION_END"),
 ]
