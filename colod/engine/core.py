@@ -173,12 +173,13 @@ class EngineCore:
         """Feed one record to the machine as its input; False (or NoTransition) if none fits."""
         raise NotImplementedError
 
-    def violation(self, reason: str) -> None:
+    def violation(self, reason: str | ProtocolViolation) -> None:
         """The peer broke the protocol: tell it, close the link, and end replication."""
+        error = reason if isinstance(reason, ProtocolViolation) else ProtocolViolation(reason)
         link, self.link = self.link, None
         if link is not None:
-            link.end(ReplicationEndReason.PROTOCOL_ERROR, reason)
-        self.lost(Failure(ProtocolViolation(reason)))
+            link.end(ReplicationEndReason.PROTOCOL_ERROR, str(error))
+        self.lost(Failure(error))
 
     def cleanup_failed(self, what: str, reason: Failure) -> None:
         """A cleanup step failed: keep it in the error and the log, for whoever cleans up by hand."""

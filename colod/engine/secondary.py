@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
+from colod.engine.checkpoint_buffer import CheckpointBuffer
 from colod.engine.core import EngineCore, ProtocolViolation, describe
 from colod.engine.status import StatusFile
 from colod.guest.interfaces import IGuestEngine
@@ -42,6 +43,7 @@ from colod.protocol import (
     ReplicationEndReason,
     StreamError,
 )
+from colod.protocol.peer import PeerLink
 from colod.qmp import QMPConnection
 
 #: Reasons the link ended that mean the primary may still run its guest.
@@ -58,7 +60,8 @@ class SecondaryEngine(EngineCore):
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
                  clock: IReactorTime, status: StatusFile, qmp: QMPConnection | None) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp)
-        self._buffer: list[Record] = []
+        # An engine that does not know its guest's size (a Xen guest's pfns are not its size) has none.
+        self._buffer = CheckpointBuffer(getattr(guest, "memory_pages", None))
         self._first = True
         self.state = "waiting_for_primary"
 
@@ -178,19 +181,15 @@ class SecondaryEngine(EngineCore):
     # -- outputs ---------------------------------------------------------------
 
     @_machine.output()
-    def _start_receiving(self) -> None:
-        self._buffer = []
-
-    @_machine.output()
     def _buffer_record(self, record: Record) -> None:
-        self._buffer.append(record)
+        self._buffer.add(record)
 
     @_machine.output()
     def _apply(self) -> None:
-        self.run_step(self._apply_checkpoint, self.applied)
+        records = self._buffer.take()  # committed now: a loss of the primary from here on does not drop it
+        self.run_step(lambda: self._apply_checkpoint(records), self.applied)
 
-    async def _apply_checkpoint(self) -> None:
-        records, self._buffer = self._buffer, []
+    async def _apply_checkpoint(self, records: list[Record]) -> None:
         await self.guest.apply_checkpoint(records)
         if self._first:
             await self.devices.setup()
@@ -230,7 +229,6 @@ class SecondaryEngine(EngineCore):
                       "nothing to take over, waiting for a primary", domain=self.domain.name,
                       why=describe(reason))
         self.new_epoch()
-        self._buffer = []
 
     @_machine.output()
     def _take_over(self, reason: Failure) -> None:
@@ -301,7 +299,7 @@ class SecondaryEngine(EngineCore):
 
     # -- transitions -----------------------------------------------------------
 
-    waiting_for_primary.upon(link_ready, enter=receiving_first_checkpoint, outputs=[_start_receiving])
+    waiting_for_primary.upon(link_ready, enter=receiving_first_checkpoint, outputs=[])
     receiving_first_checkpoint.upon(stream_record, enter=receiving_first_checkpoint, outputs=[_buffer_record])
     receiving_first_checkpoint.upon(checkpoint_end, enter=applying, outputs=[_apply])
     receiving_first_checkpoint.upon(primary_lost, enter=waiting_for_primary, outputs=[_forget_primary])
@@ -309,7 +307,7 @@ class SecondaryEngine(EngineCore):
     applying.upon(applied, enter=resuming, outputs=[_resume])
     resuming.upon(resumed, enter=running, outputs=[_checkpoint_done])
     running.upon(new_checkpoint, enter=suspending, outputs=[_suspend])
-    suspending.upon(suspended, enter=receiving_checkpoint, outputs=[_start_receiving])
+    suspending.upon(suspended, enter=receiving_checkpoint, outputs=[])
     receiving_checkpoint.upon(stream_record, enter=receiving_checkpoint, outputs=[_buffer_record])
     receiving_checkpoint.upon(checkpoint_end, enter=applying, outputs=[_apply])
 
@@ -338,7 +336,22 @@ class SecondaryEngine(EngineCore):
 
     # -- helpers ---------------------------------------------------------------
 
+    def recordReceived(self, link: PeerLink, record: Record) -> None:
+        """Refuse a record the checkpoint cannot hold as it arrives, before it waits in the inbox."""
+        if link is self.link:
+            try:
+                self._buffer.arrived(record)
+            except ProtocolViolation as error:
+                self.violation(error)
+                return
+        super().recordReceived(link, record)
+
+    def new_epoch(self) -> None:
+        super().new_epoch()
+        self._buffer.drop()
+
     def record_input(self, record: Record) -> bool:
+        self._buffer.delivered(record)
         if isinstance(record, CheckpointEnd):
             self.checkpoint_end()
         elif isinstance(record, CheckpointState):

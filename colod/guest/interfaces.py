@@ -23,6 +23,10 @@ class IGuestEngine(Interface):
     """One domain's guest on one node, as a checkpoint sees it."""
 
     description = Attribute("str: what this engine drives and how it loads state, for logs and status")
+    memory_pages = Attribute(
+        "int: the guest's pages are pfns 0 to memory_pages - 1, so that the secondary refuses others as "
+        "they arrive.  Optional: an engine that does not know (a Xen guest's pfns run past its memory "
+        "size) leaves it out, and the secondary bounds a checkpoint by this host's memory instead")
 
     def suspend() -> Deferred[None]:
         """Stop the guest: no vCPU runs and no device does I/O until resume."""

@@ -58,6 +58,8 @@ class QemuGuest:
         if memory_image is not None:
             self._memory = MemoryImageEngine(MemoryImage.open(memory_image))
             self._run = RunControl(memory_image)
+        #: The guest's pages are pfns 0 to memory_pages - 1: none at all without a memory image.
+        self.memory_pages = self._memory.image.pages if self._memory is not None else 0
         #: Seconds spent copying guest pages (building or applying PAGE_DATA).
         self.copy_seconds = 0.0
         memory = f"memory image {memory_image}" if memory_image else "no guest memory (disk-only)"
