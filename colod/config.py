@@ -1,22 +1,32 @@
 # -*- test-case-name: tests.test_config -*-
 """colod's configuration: a TOML file read with tomllib and validated in full.
 
-Validation happens before any service starts.  Every problem is reported as
+Validation happens before any service starts, and refuses every value that
+cannot work: wrong types, numbers out of their documented bounds (``inf`` and
+``nan`` included), endpoint strings Twisted cannot build or that cannot carry
+the link (colod.endpoints), paths that are the wrong kind of file on this
+host, and names or files two keys would share.  Every problem is reported as
 one ConfigError whose text names the file, the key (as a dotted path such as
 ``domain[0].disk[1].quorum_node``) and what is wrong, so that an
-administrator can fix the file without reading a traceback.
+administrator can fix the file without reading a traceback.  What only the
+daemon's start can tell (a port in use, a state_dir it cannot write) is
+colod.startup's.
 """
 
 from __future__ import annotations
 
+import codecs
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import attrs
-from twisted.internet import endpoints
+
+from colod.endpoints import client_problem, host_problem, server_problem, tcp_port
 
 DEFAULT_PATH = "/etc/colod/colod.toml"
 ROLES = ("primary", "secondary")
@@ -26,8 +36,12 @@ ROLES = ("primary", "secondary")
 _NODE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,30}\Z")
 # A domain or disk name becomes part of file and node names: keep it plain.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_HOSTNAME = re.compile(r"[A-Za-z0-9_.:-]{1,253}\Z")
 _IMAGE_FORMATS = ("raw", "qcow2")
+#: colod names the QEMU nodes it makes ``colod<disk index>-<part>`` (colod.qemu_args.DiskNodes).
+NODE_PREFIX = "colod"
+_RESERVED_NODE_NAME = re.compile(rf"{NODE_PREFIX}[0-9]+-")
+#: A configuration is a few KiB; more is not one (``--config /dev/zero``).
+MAX_FILE_SIZE = 1 << 20
 
 
 class ConfigError(Exception):
@@ -209,18 +223,32 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
     return lambda v: None if v in choices else "must be one of " + ", ".join(repr(c) for c in choices)
 
 
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be greater than 0"
+def _seconds(low: float, high: float) -> Callable[[float], str | None]:
+    """A bound in seconds: below it colod would spin a core, above it never act (``inf``, ``1e308``)."""
+    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g} seconds"
+
+
+#: The bounds of each duration, in seconds (docs/configuration.md).
+CHECKPOINT_INTERVAL = (0.01, 3600.0)
+HEARTBEAT_INTERVAL = (0.05, 60.0)
+HEARTBEAT_TIMEOUT = (0.1, 600.0)
+COMMAND_TIMEOUT = (0.1, 600.0)
+CONNECT_TIMEOUT = (0.1, 3600.0)
 
 
 def _absolute_path(v: str) -> str | None:
+    if "\0" in v:
+        return "must not contain a NUL byte"
     return None if PurePosixPath(v).is_absolute() else "must be an absolute path"
 
 
 def _node_name(v: str) -> str | None:
-    if _NODE_NAME.match(v):
-        return None
-    return "must be a QEMU node name: a letter, then letters, digits, '-', '_' or '.', at most 31 characters"
+    if not _NODE_NAME.match(v):
+        return ("must be a QEMU node name: a letter, then letters, digits, '-', '_' or '.', "
+                "at most 31 characters")
+    if _RESERVED_NODE_NAME.match(v):
+        return f"is a node name colod uses itself (names '{NODE_PREFIX}<number>-...' are reserved)"
+    return None
 
 
 def _plain_name(v: str) -> str | None:
@@ -233,28 +261,16 @@ def _port(v: int) -> str | None:
     return None if 1 <= v <= 65535 else "must be a TCP port between 1 and 65535"
 
 
-def _hostname(v: str) -> str | None:
-    return None if _HOSTNAME.match(v) else "must be a host name or IP address"
+def _endpoint(problem: Callable[[str], str | None], what: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        found = problem(v)
+        return None if found is None else f"not a usable Twisted {what} endpoint string: {found}"
+    return check
 
 
-class _NoReactor:
-    """Stands in for a reactor while endpoint strings are only parsed, never used."""
-
-
-def _server_endpoint(v: str) -> str | None:
-    try:
-        endpoints.serverFromString(_NoReactor(), v)
-    except (ValueError, TypeError, KeyError) as e:
-        return f"is not a Twisted server endpoint string ({e})"
-    return None
-
-
-def _client_endpoint(v: str) -> str | None:
-    try:
-        endpoints.clientFromString(_NoReactor(), v)
-    except (ValueError, TypeError, KeyError) as e:
-        return f"is not a Twisted client endpoint string ({e})"
-    return None
+#: Byte-order marks of encodings a TOML file must not be in, and their names.
+_FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                 (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
 
 
 def load(path: str | Path, role: str | None = None) -> Config:
@@ -262,13 +278,34 @@ def load(path: str | Path, role: str | None = None) -> Config:
     path = str(path)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read(MAX_FILE_SIZE + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_FILE_SIZE:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_SIZE >> 20} MiB: not a colod configuration")
+    try:
+        data = tomllib.loads(_text(raw, path))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     config = parse(data, path)
     return config.with_role(role) if role is not None else config
+
+
+def _text(raw: bytes, path: str) -> str:
+    """The file's UTF-8 text (TOML's only encoding); a UTF-8 byte-order mark is dropped."""
+    for bom, name in _FOREIGN_BOMS:
+        if raw.startswith(bom):
+            raise ConfigError(f"{path}: not UTF-8 but {name} (it starts with a {name} byte-order mark); "
+                              "save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}: not UTF-8: byte {raw[e.start]:#04x} at line {line}, column {column} "
+                          f"({e.reason}); save it as UTF-8") from None
 
 
 def parse(data: dict[str, Any], path: str) -> Config:
@@ -279,15 +316,17 @@ def parse(data: dict[str, Any], path: str) -> Config:
     node_name = colod.take("node_name", str, check=_plain_name)
     state_dir = colod.take("state_dir", str, "/var/lib/colod", check=_absolute_path)
     control_socket = colod.take("control_socket", str, "/run/colod/control.sock", check=_absolute_path)
-    checkpoint_interval = colod.take("checkpoint_interval", float, 5.0, check=_positive)
+    checkpoint_interval = colod.take("checkpoint_interval", float, 5.0, check=_seconds(*CHECKPOINT_INTERVAL))
     colod.done()
 
     peer_table = top.table("peer")
     peer = PeerConfig(
-        listen=peer_table.take("listen", str, None, check=_server_endpoint),
-        connect=peer_table.take("connect", str, None, check=_client_endpoint),
-        heartbeat_interval=peer_table.take("heartbeat_interval", float, 0.5, check=_positive),
-        heartbeat_timeout=peer_table.take("heartbeat_timeout", float, 3.0, check=_positive),
+        listen=peer_table.take("listen", str, None, check=_endpoint(server_problem, "server")),
+        connect=peer_table.take("connect", str, None, check=_endpoint(client_problem, "client")),
+        heartbeat_interval=peer_table.take("heartbeat_interval", float, 0.5,
+                                           check=_seconds(*HEARTBEAT_INTERVAL)),
+        heartbeat_timeout=peer_table.take("heartbeat_timeout", float, 3.0,
+                                          check=_seconds(*HEARTBEAT_TIMEOUT)),
         node_name=peer_table.take("node_name", str, None, check=_plain_name),
     )
     if peer.heartbeat_timeout < 2 * peer.heartbeat_interval:
@@ -300,23 +339,30 @@ def parse(data: dict[str, Any], path: str) -> Config:
 
     qmp_table = top.table("qmp")
     qmp = QMPConfig(
-        command_timeout=qmp_table.take("command_timeout", float, 5.0, check=_positive),
-        connect_timeout=qmp_table.take("connect_timeout", float, 10.0, check=_positive),
+        command_timeout=qmp_table.take("command_timeout", float, 5.0, check=_seconds(*COMMAND_TIMEOUT)),
+        connect_timeout=qmp_table.take("connect_timeout", float, 10.0, check=_seconds(*CONNECT_TIMEOUT)),
     )
     qmp_table.done()
 
     domains = tuple(_domain(t) for t in top.tables("domain"))
     top.done()
-    _check_unique(path, "domain", "name", [(f"domain[{i}]", d.name) for i, d in enumerate(domains)])
+    if peer.node_name == node_name:
+        raise ConfigError(f"{path}: peer.node_name: is this node's own colod.node_name ({node_name!r}); "
+                          "the peer must have a name of its own")
+    _check_unique(path, [(f"domain[{i}].name", d.name) for i, d in enumerate(domains)])
     qemu_domains = [(f"domain[{i}]", d) for i, d in enumerate(domains) if d.xen is None]
-    _check_unique(path, "domain", "qmp_socket", [(where, d.qmp_socket) for where, d in qemu_domains])
-    _check_unique(path, "domain", "nbd_port",
-                  [(where, (d.nbd_host, d.nbd_port)) for where, d in qemu_domains])
-    _check_unique(path, "domain", "xen.domain",
-                  [(f"domain[{i}]", d.xen.domain) for i, d in enumerate(domains) if d.xen is not None])
+    _check_unique(path, [(f"{where}.nbd_port", (d.nbd_host, d.nbd_port)) for where, d in qemu_domains])
+    _check_unique(path, [(f"domain[{i}].xen.domain", d.xen.domain)
+                         for i, d in enumerate(domains) if d.xen is not None])
+    listen_port = tcp_port(peer.listen) if peer.listen is not None else None
+    for where, domain in qemu_domains:
+        if domain.nbd_port == listen_port:
+            raise ConfigError(f"{path}: {where}.nbd_port: {listen_port} is also peer.listen's port; on the "
+                              "secondary colod and the NBD server cannot both listen on it")
     config = Config(path=path, role=role, node_name=node_name, state_dir=state_dir,
                     control_socket=control_socket, checkpoint_interval=checkpoint_interval,
                     peer=peer, qmp=qmp, domains=domains)
+    _check_files(config)
     _check_role_link(config)
     return config
 
@@ -340,23 +386,17 @@ def _domain(table: _Table) -> DomainConfig:
     if table.has("xen"):
         return _xen_domain(table, name)
     qmp_socket = table.take("qmp_socket", str, check=_absolute_path)
-    nbd_host = table.take("nbd_host", str, check=_hostname)
+    nbd_host = table.take("nbd_host", str, check=host_problem)
     nbd_port = table.take("nbd_port", int, check=_port)
     memory_image = table.take("memory_image", str, None, check=_absolute_path)
     device_model_socket = table.take("device_model_socket", str, None, check=_absolute_path)
     disks = tuple(_disk(t) for t in table.tables("disk"))
     table.done()
     where = table.where
-    for key in ("name", "quorum_node", "export_name"):
-        _check_unique(table.path, f"{where}.disk", key,
-                      [(f"{where}.disk[{i}]", getattr(d, key)) for i, d in enumerate(disks)])
-    images = [(f"{where}.disk[{i}]", key, getattr(d, key))
-              for i, d in enumerate(disks) for key in ("image", "active_image", "hidden_image")]
-    seen: dict[str, str] = {}
-    for owner, key, image in images:
-        if image in seen:
-            raise ConfigError(f"{table.path}: {owner}.{key}: the same file as {seen[image]} ({image!r})")
-        seen[image] = f"{owner}.{key}"
+    _check_unique(table.path, [(f"{where}.disk[{i}].name", d.name) for i, d in enumerate(disks)])
+    # The quorum and export nodes of every disk live in one QEMU on the secondary.
+    _check_unique(table.path, [(f"{where}.disk[{i}].{key}", getattr(d, key))
+                               for i, d in enumerate(disks) for key in ("quorum_node", "export_name")])
     return DomainConfig(name=name, qmp_socket=qmp_socket, nbd_host=nbd_host, nbd_port=nbd_port,
                         disks=disks, memory_image=memory_image, device_model_socket=device_model_socket)
 
@@ -391,14 +431,68 @@ def _disk(table: _Table) -> DiskConfig:
     return disk
 
 
-def _check_unique(path: str, table: str, key: str, owners: list[tuple[str, object]]) -> None:
-    """Refuse two entries of ``table`` that share ``key``; name the second one."""
+def _check_unique(path: str, owners: list[tuple[str, object]]) -> None:
+    """Refuse two keys with the same value; name the second one (a tuple value is shown by its last part)."""
     seen: dict[object, str] = {}
-    for owner, value in owners:
+    for key, value in owners:
         if value in seen:
-            shown = value if not isinstance(value, tuple) else value[1]
-            raise ConfigError(f"{path}: {owner}.{key}: {shown!r} is already used by {seen[value]}")
-        seen[value] = owner
+            shown = value if not isinstance(value, tuple) else value[-1]
+            raise ConfigError(f"{path}: {key}: {shown!r} is already used by {seen[value]}")
+        seen[value] = key
+
+
+#: Per domain, the keys naming files colod or QEMU open: no two may be one file, none a directory.
+_DOMAIN_FILES = ("qmp_socket", "device_model_socket", "memory_image")
+_DISK_FILES = ("image", "active_image", "hidden_image")
+_XEN_FILES = ("xl_config", "save_helper", "xl")
+
+
+def _check_files(config: Config) -> None:
+    """Refuse a file two keys would share, a file where a directory must be, and the reverse.
+
+    Paths are compared once symbolic links and ``..`` are resolved; only
+    what exists on this host can be checked for its kind.
+    """
+    files = [("colod.control_socket", config.control_socket)]
+    for i, domain in enumerate(config.domains):
+        where = f"domain[{i}]"
+        files += [(f"{where}.{key}", getattr(domain, key)) for key in _DOMAIN_FILES]
+        files += [(f"{where}.disk[{j}].{key}", getattr(disk, key))
+                  for j, disk in enumerate(domain.disks) for key in _DISK_FILES]
+        if domain.xen is not None:
+            files += [(f"{where}.xen.{key}", getattr(domain.xen, key)) for key in _XEN_FILES]
+    seen: dict[str, str] = {}
+    for key, file in files:
+        if file is None:
+            continue
+        real = os.path.realpath(file)
+        if real in seen:
+            raise ConfigError(f"{config.path}: {key}: the same file as {seen[real]} ({file!r})")
+        seen[real] = key
+        if _kind(file) == stat.S_IFDIR:
+            raise ConfigError(f"{config.path}: {key}: {file!r} is a directory, not a file")
+    directory, found = _existing_ancestor(config.state_dir)
+    if found is not None and found != stat.S_IFDIR:
+        what = "is" if directory == config.state_dir else f"cannot be made: {directory!r} is"
+        raise ConfigError(f"{config.path}: colod.state_dir: {config.state_dir!r} {what} not a directory")
+
+
+def _kind(path: str) -> int | None:
+    """The file type bits of ``path`` (stat.S_IFDIR...), None when it cannot be seen."""
+    try:
+        return stat.S_IFMT(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
+def _existing_ancestor(path: str) -> tuple[str, int | None]:
+    """``path`` or its nearest ancestor that exists, and its file type (None if none can be seen)."""
+    while True:
+        kind = _kind(path)
+        parent = os.path.dirname(path)
+        if kind is not None or parent == path:
+            return path, kind
+        path = parent
 
 
 def _check_role_link(config: Config) -> None:

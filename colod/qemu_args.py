@@ -20,16 +20,17 @@ from typing import Any
 
 import attrs
 
-from colod.config import ConfigError, DiskConfig, DomainConfig
+from colod.config import NODE_PREFIX, DiskConfig, DomainConfig
 from colod.guest.device_model import DEVICE_MODEL_ARGS, DEVICE_MODEL_MACHINE_OPTIONS, SECONDARY_ARGS
-
-# Node names colod makes up start with this, then the disk's index.
-NODE_PREFIX = "colod"
 
 
 @attrs.frozen
 class DiskNodes:
-    """The QEMU node names of one disk (the index-th of its domain)."""
+    """The QEMU node names of one disk (the index-th of its domain).
+
+    Those colod makes up are ``NODE_PREFIX<index>-<part>``, a form the
+    configuration refuses for the names it sets (colod.config).
+    """
 
     index: int
     disk: DiskConfig
@@ -82,24 +83,10 @@ class DiskNodes:
         """Primary: the NBD client under the replication node (named so it can be yanked)."""
         return self._name("nbd")
 
-    def made_up(self) -> list[str]:
-        """Every node name colod derives for this disk."""
-        return [self.local, self.image_file, self.active, self.active_file, self.hidden,
-                self.hidden_file, self.replication, self.nbd]
-
 
 def disk_nodes(domain: DomainConfig) -> list[DiskNodes]:
-    """The node names of each disk of ``domain``; refuses configured names that clash with them."""
-    nodes = [DiskNodes(i, disk) for i, disk in enumerate(domain.disks)]
-    made_up = {name for n in nodes for name in n.made_up()}
-    for n in nodes:
-        for key in ("quorum_node", "export_name"):
-            value = getattr(n.disk, key)
-            if value in made_up:
-                raise ConfigError(
-                    f"domain {domain.name!r}: disk {n.disk.name!r}: {key}: {value!r} is a node name "
-                    f"colod uses itself (names '{NODE_PREFIX}<number>-...' are reserved)")
-    return nodes
+    """The node names of each disk of ``domain``."""
+    return [DiskNodes(i, disk) for i, disk in enumerate(domain.disks)]
 
 
 def _format_node(node_name: str, driver: str, filename: str, file_node: str) -> dict[str, Any]:

@@ -100,8 +100,8 @@ class QemuArgsCommandTests(ReplicationTestCase):
         path = self.write_config("primary", [0, 1], quorum_nodes={1: "colod0-rep"})
         status, out, err = self.run_cli("qemu-args", "--role", "primary", "--config", str(path))
         self.assertEqual((status, out), (1, ""))
-        self.assertEqual(err, "colod: error: domain 'guest': disk 'xvdb': quorum_node: 'colod0-rep' is a "
-                              "node name colod uses itself (names 'colod<number>-...' are reserved)\n")
+        self.assertEqual(err, f"colod: error: {path}: domain[0].disk[1].quorum_node: is a node name colod "
+                              "uses itself (names 'colod<number>-...' are reserved) (got 'colod0-rep')\n")
 
 
 class QemuArgsTests(unittest.TestCase):
