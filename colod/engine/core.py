@@ -206,21 +206,18 @@ class EngineCore:
 
     def linkReady(self, link: PeerLink, peer: Any) -> None:
         if self.link is not None:
-            self.log.warn("domain {domain}: refusing a second link from {peer} while one is open",
-                          domain=self.domain.name, peer=peer.node)
-            link.close()
+            link.refuse(f"a second link, from {peer.node}, while one is open")
             return
         try:
             self.link = link
             self.link_ready()  # type: ignore[attr-defined]
         except NoTransition:
             self.link = None
-            self.log.warn("domain {domain}: refusing a link from {peer}: {state}",
-                          domain=self.domain.name, peer=peer.node, state=self.state.replace("_", " "))
-            link.close()
+            link.refuse(f"domain {self.domain.name} is {self.state.replace('_', ' ')}")
             return
-        self.log.info("domain {domain}: linked with {role} {peer}",
-                      domain=self.domain.name, role=peer.role.value, peer=peer.node)
+        self.log.info("domain {domain}: linked with {role} {peer} at {address}", domain=self.domain.name,
+                      role=peer.role.value, peer=peer.node, address=link.peer_address)
+        self.publish()
 
     def recordReceived(self, link: PeerLink, record: Record) -> None:
         if link is self.link:
@@ -237,9 +234,11 @@ class EngineCore:
         if link is self.link:
             self.link = None
             self.lost(reason)
-        elif self.link is None and not reason.check(PeerEndedReplication, LocalEndedReplication):
-            self.log.info("domain {domain}: a peer link closed before it was ready: {why}",
-                          domain=self.domain.name, why=describe(reason))
+        elif not reason.check(HandshakeError, PeerEndedReplication, LocalEndedReplication):
+            # A link this engine had already let go (its own log said why); a handshake that
+            # failed was logged by the link, with the remote address.
+            self.log.info("domain {domain}: the link with {address}, given up earlier, is closed",
+                          domain=self.domain.name, address=link.peer_address)
 
     def lost(self, reason: Failure) -> None:
         """The peer is gone, or ended replication, or broke the protocol: the side's own response."""

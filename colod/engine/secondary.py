@@ -229,6 +229,7 @@ class SecondaryEngine(EngineCore):
                       "nothing to take over, waiting for a primary", domain=self.domain.name,
                       why=describe(reason))
         self.new_epoch()
+        self.publish()
 
     @_machine.output()
     def _take_over(self, reason: Failure) -> None:

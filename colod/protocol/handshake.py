@@ -72,6 +72,10 @@ class HandshakeTimeout(HandshakeError):
     """The peer's hello did not arrive in time."""
 
 
+class LinkRefused(HandshakeError):
+    """The hello was valid, but this side's engine cannot take a link now (one is open, say)."""
+
+
 @attrs.frozen
 class Hello:
     role: Role

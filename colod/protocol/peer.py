@@ -19,16 +19,17 @@ the observer (the checkpoint engine) gets typed records and four events.
 from __future__ import annotations
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from .decoder import CLOSED, NEED_DATA, Decoder
 from .encoder import Encoder
 from .errors import LocalEndedReplication, PeerEndedReplication, StreamCutShort, StreamError
-from .handshake import HandshakeError, HandshakeTimeout, Hello, Role, check_peer
+from .handshake import HandshakeError, HandshakeTimeout, Hello, LinkRefused, Role, check_peer
 from .records import Heartbeat, Record, ReplicationEnd, SkippedRecord, StreamHeader
 from .state import Channel
 from .wire import ReplicationEndReason
@@ -42,6 +43,13 @@ SILENCE_TIMEOUT = 5.0
 READ_SIZE = 1 << 20
 #: Seconds the peer has to send a complete hello after the connection is up.
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds over which connection attempts are counted and failed handshakes' log lines limited.
+GUARD_WINDOW = 10.0
+#: Connections taken per window; beyond, they are closed unread.  The primary tries once every
+#: 2 s (colod.engine.peering), so more is a flood or a loop, and each costs a hello and a timer.
+ATTEMPTS_PER_WINDOW = 20
+#: Failed handshakes logged one by one per window; the rest are counted, then summed up in one line.
+LOGGED_PER_WINDOW = 5
 
 _SENDS = {Role.PRIMARY: Channel.MAIN, Role.SECONDARY: Channel.BACK}
 _RECEIVES = {Role.PRIMARY: Channel.BACK, Role.SECONDARY: Channel.MAIN}
@@ -97,6 +105,83 @@ class IPeerLinkObserver(Interface):
         """
 
 
+def address_text(address: IAddress | None) -> str:
+    """A connection's remote end as a log names it: host:port, or a unix socket's path."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name or address)
+
+
+class HandshakeGuard:
+    """Keeps a flood of connections cheap and its log short.
+
+    A failed handshake (a stray client, a misconfigured peer, a scanner) is
+    logged with the remote address; past C{logged} in one window they are
+    counted and summed up in one line when the window ends, so that a flood
+    neither fills the disk nor hides in silence.  Past C{attempts} connections
+    in one window, new ones are closed before a byte is read or written.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, attempts: int = ATTEMPTS_PER_WINDOW,
+                 logged: int = LOGGED_PER_WINDOW, window: float = GUARD_WINDOW) -> None:
+        self._clock = clock
+        self._max_attempts = attempts
+        self._max_logged = logged
+        self._window = window
+        self._started = float("-inf")
+        self._attempts = 0
+        self._logged = 0
+        self._unlogged = 0
+        self._last = ""
+        self._summary: IDelayedCall | None = None
+
+    def admit(self, domain: str, address: str) -> bool:
+        """Whether to take a new connection from C{address}; a refusal is logged as a failed handshake."""
+        self._roll()
+        self._attempts += 1
+        if self._attempts <= self._max_attempts:
+            return True
+        self.failed(domain, address, f"over {self._max_attempts} connection attempts in "
+                                     f"{self._window:g} s; closed unread")
+        return False
+
+    def failed(self, domain: str, address: str, reason: str) -> None:
+        """A connection from C{address} ended before it became a link."""
+        self._roll()
+        if self._logged < self._max_logged:
+            self._logged += 1
+            self.log.warn("domain {domain}: no peer link with {address}: {reason}",
+                          domain=domain, address=address, reason=reason)
+            return
+        self._unlogged += 1
+        self._last = f"domain {domain}: {address}: {reason}"
+        if self._summary is None:
+            self._summary = self._clock.callLater(self._started + self._window - self._clock.seconds(),
+                                                  self._roll)
+
+    def flush(self) -> None:
+        """Sum up what is counted now, and leave no timer behind (the factory stops)."""
+        self._started = float("-inf")
+        self._roll()
+
+    def _roll(self) -> None:
+        """Start a new window once the current one is over, summing up the failures it did not log."""
+        now = self._clock.seconds()
+        if now - self._started < self._window:
+            return
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+        self._summary = None
+        if self._unlogged:
+            self.log.warn("{n} more failed peer link handshakes not logged one by one in {window:g} s; "
+                          "the last: {last}", n=self._unlogged, window=self._window, last=self._last)
+        self._started, self._attempts, self._logged, self._unlogged = now, 0, 0, 0
+
+
 class PeerLink(Protocol):
     """One TCP connection to the peer colod, either end."""
 
@@ -107,8 +192,12 @@ class PeerLink(Protocol):
         observer: IPeerLinkObserver,
         clock: IReactorTime,
         timing: LinkTiming = LinkTiming(),
+        guard: HandshakeGuard | None = None,
     ) -> None:
         self.local = local
+        #: The remote end, for the log (known once connected).
+        self.peer_address = "(not connected)"
+        self._guard = guard or HandshakeGuard(clock)
         self._peer_node = peer_node
         self._observer = observer
         self._clock = clock
@@ -132,6 +221,7 @@ class PeerLink(Protocol):
     # --- Protocol -----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.peer_address = address_text(self.transport.getPeer())
         if ITCPTransport.providedBy(self.transport):
             # The protocol is lock-step: a small record (NEW, SVM_READY) held
             # back by Nagle until the peer's delayed ACK costs ~40 ms of pause.
@@ -203,6 +293,14 @@ class PeerLink(Protocol):
     def close(self) -> None:
         """Close the link; L{IPeerLinkObserver.linkLost} follows."""
         self.transport.loseConnection()
+
+    def refuse(self, why: str) -> None:
+        """
+        The observer cannot take this link (from its C{linkReady}): close it
+        as a failed handshake, logged with the guard's limits;
+        L{IPeerLinkObserver.linkLost} follows with L{LinkRefused}.
+        """
+        self._fail(LinkRefused(why))
 
     def end(self, reason: ReplicationEndReason, text: str) -> None:
         """
@@ -306,6 +404,8 @@ class PeerLink(Protocol):
         """
         if not self._reported:
             self._reported = True
+            if self._failure.check(HandshakeError):
+                self._guard.failed(self.local.domain, self.peer_address, self._failure.getErrorMessage())
             self._observer.linkLost(self, self._failure)
 
     def _stopTimers(self) -> None:
@@ -325,6 +425,15 @@ class PeerLinkFactory(Factory):
     observer: IPeerLinkObserver
     clock: IReactorTime
     timing: LinkTiming = LinkTiming()
+    guard: HandshakeGuard = attrs.field(init=False)
 
-    def buildProtocol(self, addr: object) -> PeerLink:
-        return PeerLink(self.local, self.peer_node, self.observer, self.clock, self.timing)
+    def __attrs_post_init__(self) -> None:
+        self.guard = HandshakeGuard(self.clock)
+
+    def buildProtocol(self, addr: IAddress) -> PeerLink | None:
+        if not self.guard.admit(self.local.domain, address_text(addr)):
+            return None
+        return PeerLink(self.local, self.peer_node, self.observer, self.clock, self.timing, self.guard)
+
+    def stopFactory(self) -> None:
+        self.guard.flush()

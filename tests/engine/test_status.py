@@ -16,11 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from colod.engine.status import StatusFile
 from colod.lab import Lab, Node, Poll
+from colod.protocol import Record
+from colod.protocol.handshake import Hello, Role
+from colod.protocol.peer import IPeerLinkObserver, PeerLink, PeerLinkFactory
 from tests.cluster import ClusterTestCase, wait
 from tests.rig import ScratchTestCase, async_test
 
@@ -54,6 +62,29 @@ class SmallDisk:
 
     def free(self) -> None:
         self.filler.unlink()
+
+
+@implementer(IPeerLinkObserver)
+class Recorder:
+    """This test's primary engine: it only learns when its link is ready and when it is lost."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred[Hello] = Deferred()
+        self.lost: Deferred[BaseException] = Deferred()
+        self.port = 0
+
+    def linkReady(self, link: PeerLink, peer: Hello) -> None:
+        self.port = link.transport.getHost().port
+        self.ready.callback(peer)
+
+    def recordReceived(self, link: PeerLink, record: Record) -> None:
+        pass
+
+    def peerSilent(self, link: PeerLink, seconds: float) -> None:
+        pass
+
+    def linkLost(self, link: PeerLink, reason: Failure) -> None:
+        self.lost.callback(reason.value)
 
 
 def errors_logged(events: list[dict[str, Any]]) -> list[str]:
@@ -195,3 +226,53 @@ class FullDiskTests(ClusterTestCase):
         self.assertIn("No space left on device", dropped["error"])
         await self.assertGuestRuns()
         self.assertEqual(secondary.stop_daemon(), 0)
+
+
+class LinkedStatusTests(ScratchTestCase):
+    """A real secondary daemon (with its QEMUs) and this test as its primary, over real TCP.
+
+    The test's primary link runs on a task.Clock, which stands in for the
+    reactor's timers only: it sends no heartbeats, so the secondary finds it
+    silent after heartbeat_timeout and gives the link up itself.
+    """
+
+    timeout = 120
+
+    @async_test
+    async def test_status_and_log_follow_the_link(self) -> None:
+        lab = Lab(self.workdir, heartbeat_timeout=4.0)
+        self.addCleanup(lab.close)
+        lab.prepare()
+        secondary = lab.secondary
+        secondary.start_qemu(lab.qemu_args(secondary))
+        secondary.start_device_model(lab.qemu_args(secondary, "--device-model"))
+        secondary.start_daemon()
+        await wait(lab.until(secondary, lambda s: s["state"] == "waiting_for_primary", 20.0, "waiting"))
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", lab.secondary_port)
+
+        # Refused, by name and with the address it came from.
+        stranger = await endpoint.connect(
+            PeerLinkFactory(Hello(Role.PRIMARY, lab.domain, "mallory"), None, Recorder(), Clock()))
+        refused = (f"domain lab: no peer link with 127.0.0.1:{stranger.transport.getHost().port}: "
+                   "peer is node 'mallory', expected 'host-a'")
+        await wait(Poll(lambda: refused in secondary.logs() or None, 5.0, "the refusal logged",
+                        secondary.context))
+
+        # Linked: the status says so, not waiting_for_primary, while the first checkpoint is pending.
+        primary = Recorder()
+        await endpoint.connect(PeerLinkFactory(Hello(Role.PRIMARY, lab.domain, "host-a"), "host-b", primary,
+                                               Clock()))
+        await primary.ready
+        linked = await wait(lab.until(secondary, lambda s: s["state"] != "waiting_for_primary", 3.0,
+                                      "linked"))
+        self.assertEqual((linked["state"], linked["protected"]), ("receiving_first_checkpoint", False))
+
+        # Silent: the secondary gives the link up, says why, and the status is back to waiting.
+        await primary.lost
+        waiting = await wait(lab.until(secondary, lambda s: s["state"] == "waiting_for_primary", 3.0,
+                                       "waiting again"))
+        self.assertEqual(waiting["protected"], False)
+        log = secondary.logs()
+        self.assertIn("the primary left before a checkpoint was complete (nothing heard from the peer", log)
+        self.assertIn(f"domain lab: the link with 127.0.0.1:{primary.port}, given up earlier, is closed", log)
+        self.assertNotIn("before it was ready", log)

@@ -10,9 +10,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -49,6 +50,9 @@ from colod.protocol.handshake import (
     VersionMismatch,
 )
 from colod.protocol.peer import (
+    ATTEMPTS_PER_WINDOW,
+    GUARD_WINDOW,
+    LOGGED_PER_WINDOW,
     READ_SIZE,
     IPeerLinkObserver,
     LinkNotOpen,
@@ -106,8 +110,10 @@ class RawHello(Protocol):
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.port = 0
 
     def connectionMade(self) -> None:
+        self.port = self.transport.getHost().port
         self.transport.write(self.data)
 
 
@@ -467,6 +473,100 @@ class PeerLinkTests(TestCase):
         self.assertNotIsInstance(reason, StreamError)
         self.assertEqual(str(reason), "the link closed before the peer's stream was complete (offset 16: "
                                       "stream ends inside a header (4 bytes of it))")
+
+
+@implementer(IPeerLinkObserver)
+class LossCounter:
+    """An observer for many links that only counts the ones that ended."""
+
+    def __init__(self) -> None:
+        self.losses: list[BaseException] = []
+
+    def linkReady(self, link: PeerLink, peer: Hello) -> None:
+        pass
+
+    def recordReceived(self, link: PeerLink, record: Record) -> None:
+        pass
+
+    def peerSilent(self, link: PeerLink, seconds: float) -> None:
+        pass
+
+    def linkLost(self, link: PeerLink, reason: Failure) -> None:
+        self.losses.append(reason.value)
+
+
+class Probe(Protocol):
+    """A client that sends nothing, keeps what it receives, and notes when the connection ends."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+        self.port = 0
+
+    def connectionMade(self) -> None:
+        self.port = self.transport.getHost().port
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed.callback(None)
+
+
+def guard_lines(events: list[dict]) -> list[str]:
+    """What the handshake guard logged, among everything else that was."""
+    return [formatEvent(e) for e in events if e.get("log_namespace") == "colod.protocol.peer.HandshakeGuard"]
+
+
+class HandshakeGuardTests(TestCase):
+    """Failed handshakes over real TCP: logged with the remote address, their log and count limited."""
+
+    @inlineCallbacks
+    def test_failed_handshake_names_the_remote_address(self):
+        clock, observer = Clock(), LossCounter()
+        factory = PeerLinkFactory(SECONDARY, "node-c", observer, clock, TIMING)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        with capturedLogs() as events:
+            client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+                Factory.forProtocol(lambda: RawHello(PRIMARY.encode())))
+            yield wait_for(lambda: len(observer.losses) == 1)
+        self.assertIsInstance(observer.losses[0], PeerMismatch)
+        self.assertEqual(guard_lines(events), [
+            f"domain guest1: no peer link with 127.0.0.1:{client.port}: "
+            "peer is node 'node-a', expected 'node-c'"])
+
+    @inlineCallbacks
+    def test_a_flood_is_cut_and_summed_up(self):
+        """Past the attempts of one window connections are closed unread; past the logged ones the
+        failures are counted and summed up in one line when the window ends; then a peer links again."""
+        clock, observer = Clock(), LossCounter()
+        factory = PeerLinkFactory(SECONDARY, "node-a", observer, clock, TIMING)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        with capturedLogs() as events:
+            for _ in range(ATTEMPTS_PER_WINDOW):
+                yield endpoint.connect(Factory.forProtocol(lambda: RawHello(b"GET / HTTP/1.1\r\n\r\n")))
+            yield wait_for(lambda: len(observer.losses) == ATTEMPTS_PER_WINDOW)
+            probe = yield endpoint.connect(Factory.forProtocol(Probe))
+            yield probe.closed
+            lines = guard_lines(events)
+            self.assertEqual(len(lines), LOGGED_PER_WINDOW)
+            self.assertTrue(all("the peer is not a colod peer link (bad magic)" in line for line in lines))
+            clock.advance(GUARD_WINDOW)
+        self.assertEqual(probe.received, b"")  # not even a hello: closed unread
+        unlogged = ATTEMPTS_PER_WINDOW + 1 - LOGGED_PER_WINDOW
+        self.assertEqual(guard_lines(events)[LOGGED_PER_WINDOW:], [
+            f"{unlogged} more failed peer link handshakes not logged one by one in {GUARD_WINDOW:g} s; "
+            f"the last: domain guest1: 127.0.0.1:{probe.port}: over "
+            f"{ATTEMPTS_PER_WINDOW} connection attempts in {GUARD_WINDOW:g} s; closed unread"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        primary = Recorder()
+        yield endpoint.connect(PeerLinkFactory(PRIMARY, "node-b", primary, Clock(), TIMING))
+        yield primary.ready
+        primary.link.close()
+        yield primary.lost
 
 
 @inlineCallbacks
