@@ -10,18 +10,26 @@ first time it builds the domain's checkpoint engine (colod.engine) and its
 peer link: the secondary listens, the primary connects.  At stop the engine
 ends replication as its role must (the primary's guest runs on), then the
 link and QMP close.
+
+What stops a domain being protected at all (colod.startup's checks at start,
+a QEMU without the COLO commands, a peer port taken, a memory image it cannot
+use) ends colod: one line in the log and exit status 1 (ColodService.fail),
+so that a service manager sees the failure rather than a daemon that idles.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from colod import startup
 from colod.config import Config, DomainConfig
 from colod.devices import DeviceGroup
 from colod.engine.core import EngineCore
@@ -62,11 +70,14 @@ class DomainService(Service):
 
     log = Logger()
 
-    def __init__(self, config: Config, domain: DomainConfig, reactor: IReactorTime) -> None:
+    def __init__(self, config: Config, domain: DomainConfig, reactor: IReactorTime,
+                 fail: Callable[[str], None]) -> None:
         self.setName(f"domain-{domain.name}")
         self._config = config
         self._domain = domain
         self._reactor = reactor
+        #: Ends colod: the domain cannot be protected as configured (ColodService.fail).
+        self._fail = fail
         self._retry: IDelayedCall | None = None
         self._attempt: Deferred[Any] | None = None
         self.connection: QMPConnection | None = None
@@ -176,22 +187,19 @@ class DomainService(Service):
         if not failure.check(ProtectionError, QMPFailure, XenSetupError, DomainError):
             self.log.failure("domain {domain}: unexpected error while setting up protection",
                              failure, domain=self._domain.name)
-            return
-        self.log.error("domain {domain}: {error}; not protecting it",
-                       domain=self._domain.name, error=failure.getErrorMessage())
+        self._fail(f"domain {self._domain.name}: {failure.getErrorMessage()}")
 
     def _peer_failed(self, failure: Any) -> None:
-        self.log.error("domain {domain}: cannot listen for the primary at {where}: {error}; "
-                       "not protecting it", domain=self._domain.name, where=self._config.peer.listen,
-                       error=failure.getErrorMessage())
+        where = self._config.peer.listen
+        self._fail(f"domain {self._domain.name}: cannot listen for the primary at {where}: "
+                   f"{failure.getErrorMessage()}")
 
     def _connect_failed(self, failure: Any) -> None:
         self._attempt = None
         if not self.running:
             return
         if failure.check(QMPCapabilityError):
-            self.log.error("domain {domain}: {reason}; not protecting it",
-                           domain=self._domain.name, reason=failure.value)
+            self._fail(f"domain {self._domain.name}: {failure.value}")
             return
         if not failure.check(QMPFailure, XenSetupError):
             self.log.failure("domain {domain}: unexpected error while connecting",
@@ -246,11 +254,15 @@ class ColodService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: IReactorTime) -> None:
+    def __init__(self, config: Config, reactor: Any) -> None:
+        """``reactor`` provides IReactorCore (colod stops it when it fails) and IReactorTime."""
         super().__init__()
         self.config = config
+        self._reactor = reactor
+        #: Why colod ended on its own, or None: the process then exits with status 1 (colod.tap).
+        self.failure: str | None = None
         for domain in config.domains:
-            DomainService(config, domain, reactor).setServiceParent(self)
+            DomainService(config, domain, reactor, self.fail).setServiceParent(self)
 
     def startService(self) -> None:
         self.log.info(
@@ -258,8 +270,28 @@ class ColodService(MultiService):
             role=self.config.role, node=self.config.node_name,
             count=len(self.config.domains), path=self.config.path,
         )
+        problem = startup.problem(self.config)
+        if problem is not None:
+            self.fail(f"{self.config.path}: {problem}")
+            return
         super().startService()
+
+    def fail(self, reason: str) -> None:
+        """End colod, which cannot do its job: ``reason`` as one line in the log, then a stop."""
+        if self.failure is not None:
+            return
+        self.failure = " ".join(reason.splitlines())
+        self.log.critical("{reason}; colod stops (exit status 1)", reason=self.failure)
+        self._reactor.callWhenRunning(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:  # stopping already (a signal came first)
+            pass
 
     def stopService(self) -> Deferred[None]:
         self.log.info("colod stopping")
+        if not self.running:  # it failed before starting its domains
+            return succeed(None)
         return super().stopService()

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from colod import config as configuration
 from colod.reactor import WrongReactor, use_asyncio_reactor
+
+if TYPE_CHECKING:
+    from colod.service import ColodService
 
 
 class Options(usage.Options):
@@ -58,13 +63,29 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """Build colod's service tree from parsed options."""
+    """Build colod's service tree from parsed options: twistd's entry point, in twistd's process."""
     from colod.service import ColodService
 
     if reactor is None:
         from twisted.internet import reactor
     reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
-    return ColodService(options["loaded"], reactor)
+    service = ColodService(options["loaded"], reactor)
+    atexit.register(_exit_status, service)
+    return service
+
+
+def _exit_status(service: ColodService) -> None:
+    """Exit with status 1 when colod stopped because it failed (ColodService.fail).
+
+    twistd exits 0 whenever its reactor has stopped, and has no exit status
+    to set; systemd must see the failure.  This runs as the interpreter
+    exits, after twistd has stopped every service and removed its pid file,
+    so all it changes is the status.
+    """
+    if service.failure is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _stop_cleanly_on_signals(reactor: Any) -> None:

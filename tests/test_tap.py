@@ -129,16 +129,25 @@ class DaemonTests(QemuTestCase):
             time.sleep(0.05)
         self.assert_clean_stop(daemon, log, signal.SIGTERM)
 
+    def assert_failed(self, daemon: subprocess.Popen[str], log: Path, reason: str) -> None:
+        """colod ended on its own with exit status 1 and ``reason`` on its one error line."""
+        self.assertEqual(daemon.wait(STOP_DEADLINE * 2), 1, log.read_text())
+        output = log.read_text()
+        errors = [line for line in output.splitlines() if "#critical]" in line or "#error]" in line]
+        self.assertEqual(len(errors), 1, output)
+        self.assertIn(reason, errors[0])
+        self.assertTrue(errors[0].endswith("; colod stops (exit status 1)"), errors[0])
+        self.assertNotIn("Traceback", output)
+
     def test_refuses_qemu_without_replication(self) -> None:
-        """A QEMU without the COLO commands is named in the log and not driven."""
+        """A QEMU without the COLO commands is named in the log, not driven, and colod exits 1."""
         qsd = QemuProcess.storage_daemon(self.workdir, "qsd")
         self.addCleanup(qsd.stop)
         qsd.start()
         daemon, log = self.start_daemon(qsd.qmp_socket)
-        output = self.wait_for_log(log, "not protecting it")
-        self.assertIn("lacks the QMP commands colod needs: query-xen-replication-status, "
-                      "xen-colo-do-checkpoint, xen-set-replication", output)
-        self.assert_clean_stop(daemon, log, signal.SIGTERM)
+        self.assert_failed(daemon, log, "lacks the QMP commands colod needs: query-xen-replication-status, "
+                           "xen-colo-do-checkpoint, xen-set-replication")
+        self.assertTrue(qsd.running())
 
     def test_refuses_a_device_model_that_does_not_wait(self) -> None:
         """A secondary's device_model_socket must be a QEMU waiting with -incoming defer."""
@@ -146,10 +155,9 @@ class DaemonTests(QemuTestCase):
         device_model = self.start_qemu("device-model")
         daemon, log = self.start_daemon(qemu.qmp_socket,
                                         extra=f'device_model_socket = "{device_model.qmp_socket}"\n')
-        output = self.wait_for_log(log, "not protecting it")
-        self.assertIn(f"the device model's QEMU at {device_model.qmp_socket} is 'prelaunch', not waiting "
-                      "with -incoming defer (colod qemu-args --role secondary --device-model)", output)
-        self.assert_clean_stop(daemon, log, signal.SIGTERM)
+        self.assert_failed(daemon, log, f"the device model's QEMU at {device_model.qmp_socket} is "
+                           "'prelaunch', not waiting with -incoming defer (colod qemu-args --role secondary "
+                           "--device-model)")
 
     def test_wrong_reactor_is_refused(self) -> None:
         """A forced non-asyncio reactor ends colod at once with one line saying how to run it."""
