@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 from tests.rig import TWISTD
-from tests.test_config import GOOD, SECOND_DISK, XEN, edited
+from tests.test_config import CONNECT, GOOD, LISTEN, PEER_PORT, SECOND_DISK, XEN, edited
 
 COLOD = str(Path(sys.executable).with_name("colod"))
 #: Stands for the test's own directory in contents and messages.
@@ -61,11 +61,11 @@ def with_domain(line: str) -> str:
 
 
 def listen(value: str) -> str:
-    return edited('listen = "tcp:9000:interface=127.0.0.1"', f"listen = {value}")
+    return edited(LISTEN, f"listen = {value}")
 
 
 def connect(value: str) -> str:
-    return edited('connect = "tcp:host=127.0.0.1:port=9000"', f"connect = {value}")
+    return edited(CONNECT, f"connect = {value}")
 
 
 def second_domain(*changes: tuple[str, str]) -> str:
@@ -116,9 +116,9 @@ BAD = [
     Bad("empty_domain_list", "domain = []\n" + HEAD, "domain: needs at least one entry (got [])"),
     Bad("bad_role", edited('role = "secondary"', 'role = "tertiary"'),
         "colod.role: must be one of 'primary', 'secondary' (got 'tertiary')"),
-    Bad("secondary_without_listen", edited('listen = "tcp:9000:interface=127.0.0.1"\n', ""),
+    Bad("secondary_without_listen", edited(LISTEN + "\n", ""),
         "peer.listen: missing required key for role 'secondary' (the secondary listens for the primary)"),
-    Bad("role_override_needs_connect", edited('connect = "tcp:host=127.0.0.1:port=9000"\n', ""),
+    Bad("role_override_needs_connect", edited(CONNECT + "\n", ""),
         "peer.connect: missing required key for role 'primary' (the primary connects to the secondary)",
         args=("--role", "primary")),
     # -- numbers: documented bounds, inf and nan --------------------------------------------------
@@ -157,10 +157,10 @@ BAD = [
     Bad("listen_port_negative", listen('"tcp:-1:interface=127.0.0.1"'),
         f"peer.listen: {SERVER}port -1 is not between 1 and 65535 (got 'tcp:-1:interface=127.0.0.1')"),
     Bad("listen_bad_interface", listen('"tcp:9000:interface=banana"'),
-        f"peer.listen: {SERVER}interface 'banana' is not an IP address of this host "
+        f"peer.listen: {SERVER}interface 'banana' is not an IP address "
         "(got 'tcp:9000:interface=banana')"),
     Bad("listen_nul_interface", listen('"tcp:9000:interface=\\u0000"'),
-        f"peer.listen: {SERVER}interface '\\x00' is not an IP address of this host "
+        f"peer.listen: {SERVER}interface '\\x00' is not an IP address "
         "(got 'tcp:9000:interface=\\x00')"),
     Bad("listen_tcp6_on_ipv4", listen('"tcp6:9000:interface=127.0.0.1"'),
         f"peer.listen: {SERVER}interface '127.0.0.1' is not an IPv6 address (tcp6 listens on IPv6; use tcp) "
@@ -188,9 +188,9 @@ BAD = [
     Bad("listen_unknown_type", listen('"TCP:9000"'),
         f"peer.listen: {SERVER}endpoint type 'TCP' cannot carry the peer link "
         "(use one of tcp, tcp6, ssl, unix, systemd) (got 'TCP:9000')"),
-    Bad("listen_port_is_nbd_port", edited("nbd_port = 8889", "nbd_port = 9000"),
-        "domain[0].nbd_port: 9000 is also peer.listen's port; on the secondary colod and the NBD server "
-        "cannot both listen on it"),
+    Bad("listen_port_is_nbd_port", edited("nbd_port = 8889", f"nbd_port = {PEER_PORT}"),
+        f"domain[0].nbd_port: {PEER_PORT} is also peer.listen's port; on the secondary colod and the NBD "
+        "server cannot both listen on it"),
     Bad("connect_port_zero", connect('"tcp:host=192.0.2.11:port=0"'),
         f"peer.connect: {CLIENT}port 0 would be a random port, which the peer cannot know "
         "(got 'tcp:host=192.0.2.11:port=0')"),

@@ -15,19 +15,26 @@ import pytest
 
 from colod import config
 from colod.endpoints import client_problem, host_problem, server_problem
+from colod.lab import free_port
 from tests.rig import ScratchTestCase
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "colod.toml"
 
-GOOD = """\
+#: GOOD's peer port: free when the tests start, so that a daemon started from GOOD (tests/test_tap.py,
+#: tests/xen/test_setup.py) does not fail at its start for a port another run holds.
+PEER_PORT = free_port()
+LISTEN = f'listen = "tcp:{PEER_PORT}:interface=127.0.0.1"'
+CONNECT = f'connect = "tcp:host=127.0.0.1:port={PEER_PORT}"'
+
+GOOD = f"""\
 [colod]
 role = "secondary"
 node_name = "dom0-b"
 
 [peer]
-listen = "tcp:9000:interface=127.0.0.1"
-connect = "tcp:host=127.0.0.1:port=9000"
+{LISTEN}
+{CONNECT}
 
 [[domain]]
 name = "guest1"

@@ -26,7 +26,7 @@ import pytest
 from colod.guest.memory_image import MemoryImage, dirty_map_path
 from colod.lab import free_port
 from tests.rig import TWISTD, QemuTestCase, wait_for_text
-from tests.test_config import GOOD
+from tests.test_config import GOOD, LISTEN
 
 #: How long colod may take from its start to its exit, on a loaded machine.
 DEADLINE = 10.0
@@ -123,7 +123,7 @@ FAULTS = [
 def configuration(directory: Path, port: int, qmp_socket: str) -> str:
     """GOOD for a secondary in ``directory``, listening on ``port``, with a memory image there."""
     MemoryImage.create(directory / "guest1.ram", PAGES).close()
-    return GOOD.replace("tcp:9000:interface=127.0.0.1", f"tcp:{port}:interface=127.0.0.1").replace(
+    return GOOD.replace(LISTEN, f'listen = "tcp:{port}:interface=127.0.0.1"').replace(
         "/run/guest1.qmp", qmp_socket).replace(
         'node_name = "dom0-b"', f'node_name = "dom0-b"\nstate_dir = "{directory}/state"').replace(
         "nbd_port = 8889", f'nbd_port = 8889\nmemory_image = "{directory}/guest1.ram"')
