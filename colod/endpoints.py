@@ -91,7 +91,7 @@ def server_problem(description: str) -> str | None:
 def client_problem(description: str) -> str | None:
     """Why the primary cannot connect to ``description``, judged from the string and its files."""
     kind, positional, keywords = _split(description)
-    kind = kind.lower()  # Twisted's client types are
+    kind = kind.lower()  # Twisted reads client types case-blind
     if kind not in CLIENT_TYPES:
         return f"endpoint type {kind!r} cannot carry the peer link (use one of {', '.join(CLIENT_TYPES)})"
     names = CLIENT_TYPES[kind]
@@ -167,7 +167,7 @@ def _tcp_server(kind: str, arguments: dict[str, str]) -> str | None:
     try:
         address = ipaddress.ip_address(interface)
     except ValueError:
-        return f"interface {interface!r} is not an IP address of this host"
+        return f"interface {interface!r} is not an IP address"
     if kind == "tcp6" and address.version != 6:
         return f"interface {interface!r} is not an IPv6 address (tcp6 listens on IPv6; use tcp)"
     return None
