@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -259,12 +260,15 @@ class XenPrimaryGuest:
 class XenSecondaryGuest:
     """The secondary's copy of a Xen domain, kept by Xen's own Remus receiver."""
 
+    log = Logger()
+
     def __init__(self, reactor: IReactorProcess, receive_command: Sequence[str], xl_config: bytes, *,
                  timeout: float) -> None:
         self._reactor = reactor
         self._command = list(receive_command)
         self._config = xl_config
         self._timeout = timeout
+        self._clock = IReactorTime(reactor)
         self._receiver: Receiver | None = None
         self._encoder = Encoder(Channel.MAIN, Checkpointed.REMUS)
         self.copy_seconds = 0.0
@@ -289,10 +293,9 @@ class XenSecondaryGuest:
             raise XenGuestError("no checkpoint was ever applied: nothing to take over")
         return self._receiver.fail_over(self._timeout).addErrback(self._failed_over)
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         """Replication ends without a takeover: the receiver and its paused copy go."""
-        if self._receiver is not None:
-            self._receiver.stop()
+        return self._receiver.stop() if self._receiver is not None else succeed(None)
 
     # --- internals --------------------------------------------------------------
 
@@ -300,8 +303,14 @@ class XenSecondaryGuest:
         if self._receiver is None:
             self._receiver = Receiver.start(self._reactor, self._command, self._config, self._timeout)
             await self._receiver.ready
+        began, sent = self._clock.seconds(), 0
         for record in (*records, CheckpointEnd()):
-            self._receiver.send(b"".join(self._encoder.send_buffers(record)))
+            data = b"".join(self._encoder.send_buffers(record))
+            self._receiver.send(data)
+            sent += len(data)
+            await self._receiver.writable()
+        self.log.debug("{size} bytes of a checkpoint to the receiver in {seconds:.3f} s", size=sent,
+                       seconds=self._clock.seconds() - began)
 
     @staticmethod
     def _failed_over(failure: Failure) -> None:

@@ -28,11 +28,12 @@ import struct
 import sys
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from colod.xen import guard
 
@@ -71,11 +72,17 @@ class ReceiverError(Exception):
     """The receiver did not start, refused the stream, or did not fail over; says what it said."""
 
 
+@implementer(IPushProducer)
 class Receiver(ProcessProtocol):
     """
     One ``xl migrate-receive -r -e`` run: L{ready} fires once it sent its
-    banner and has the xl header; L{send} writes stream bytes; L{fail_over}
-    ends its input and fires once it has exited (0: the guest runs here).
+    banner and has the xl header; L{send} writes stream bytes, and
+    L{writable} says when to send more (the receiver reads a whole guest's
+    memory far slower than colod can hand it over: without this the bytes
+    would wait in colod's memory, and colod would not yield to its reactor);
+    L{fail_over} ends its input and fires once it has exited (0: the guest
+    runs here).  It is the producer of its own input pipe, told by the pipe
+    to pause and resume.
     """
 
     log = Logger()
@@ -90,6 +97,7 @@ class Receiver(ProcessProtocol):
         self._exit_waiters: list[Deferred[int | None]] = []
         self.ready: Deferred[None] = Deferred()
         self.running = False
+        self._room: Deferred[None] | None = None  # while the input pipe's buffer is full
         #: Its exit status once it has exited (None: killed by a signal).
         self.exit_code: int | None = None
 
@@ -114,6 +122,7 @@ class Receiver(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.running = True
+        self.transport.registerProducer(self, True)
         self._deadline = self._clock.callLater(self._banner_timeout, self._no_banner)
 
     def outReceived(self, data: bytes) -> None:
@@ -136,6 +145,7 @@ class Receiver(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.running = False
         self._cancel_deadline()
+        self.resumeProducing()  # nothing more will be written: no one waits for room
         code = reason.value.exitCode
         if not self.ready.called:
             self.ready.errback(ReceiverError(f"the receiver exited before it was ready ({self._how(code)})"
@@ -146,34 +156,63 @@ class Receiver(ProcessProtocol):
             if not waiter.called:  # not already given up on by fail_over's deadline
                 waiter.callback(code)
 
+    # --- IPushProducer: the input pipe's buffer is full, or has room again ---------
+
+    def pauseProducing(self) -> None:
+        if self._room is None:
+            self._room = Deferred()
+
+    def resumeProducing(self) -> None:
+        room, self._room = self._room, None
+        if room is not None:
+            room.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
     # --- colod's side -------------------------------------------------------
 
     def send(self, data: bytes) -> None:
         """Stream bytes for the receiver (after L{ready})."""
         self.transport.write(guard.frame(data))
 
+    def writable(self) -> Deferred[None]:
+        """Fires once the receiver's input has room for more (at once if it has, or if it ended)."""
+        if self._room is None:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._room.addCallback(lambda _: waiting.callback(None))
+        return waiting
+
     def fail_over(self, timeout: float) -> Deferred[None]:
         """End the stream: the receiver fails over to its last complete checkpoint and exits.
 
         Fails with L{ReceiverError} if it exits non-zero, or has not exited within ``timeout``.
         """
-        d: Deferred[int | None] = Deferred()
+        exited = self._exited()
         if self.running:
-            self._exit_waiters.append(d)
             self.transport.write(guard.FAIL_OVER)
             self.transport.closeStdin()
-            d.addTimeout(timeout, self._clock, onTimeoutCancel=self._still_running)
-        else:
-            d.callback(self.exit_code)
-        return d.addCallback(self._judge)
+            exited.addTimeout(timeout, self._clock, onTimeoutCancel=self._still_running)
+        return exited.addCallback(self._judge)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         """Stop the receiver without a failover (replication ends): its guard kills it and destroys its
-        paused domain."""
+        paused domain.  Fires once it has exited."""
+        exited = self._exited()
         if self.running:
             self.transport.signalProcess("TERM")
+        return exited.addCallback(lambda _: None)
 
     # --- internals ------------------------------------------------------------
+
+    def _exited(self) -> Deferred[int | None]:
+        """Fires with the exit status once the receiver has exited (at once if it has)."""
+        if not self.running:
+            return succeed(self.exit_code)
+        exited: Deferred[int | None] = Deferred()
+        self._exit_waiters.append(exited)
+        return exited
 
     def _judge(self, code: int | None) -> None:
         if code != 0:

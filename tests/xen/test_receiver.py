@@ -48,7 +48,7 @@ class ReceiverTests(ScratchTestCase):
         os.environ.update({"PYTHONPATH": str(REPO), **environment})
         self.addCleanup(lambda: [os.environ.pop(name, None) for name in environment])
         receiver = Receiver.start(reactor, guarded_stand_in(kept, self.workdir), CONFIG, banner_timeout)
-        self.addCleanup(receiver.stop)
+        self.addCleanup(receiver.stop)  # and wait for it to exit
         return receiver, kept
 
     @async_test
@@ -63,6 +63,21 @@ class ReceiverTests(ScratchTestCase):
         self.assertEqual((flags, config_length, stream_length), (2, len(CONFIG), len(stream)))
         self.assertEqual(kept.read_bytes()[12:], CONFIG + stream)
         self.assertEqual(receiver.exit_code, 0)
+
+    @async_test
+    async def test_writable_waits_while_the_receivers_input_is_full(self) -> None:
+        """colod sends a whole guest's memory: it waits for the pipe instead of holding it all."""
+        receiver, kept = self.start()
+        await receiver.ready
+        self.assertTrue(receiver.writable().called, "an empty pipe has room")
+        chunk = bytes(range(256)) * 4096  # 1 MiB, more than a pipe and Twisted's buffer hold
+        for _ in range(4):
+            receiver.send(chunk)
+            room = receiver.writable()
+            self.assertFalse(room.called, "1 MiB cannot all be in the pipe at once")
+            await room
+        await receiver.fail_over(timeout=10.0)
+        self.assertEqual(kept.read_bytes()[12 + len(CONFIG):], chunk * 4)
 
     @async_test
     async def test_a_failover_that_fails_says_what_the_receiver_said(self) -> None:
