@@ -18,10 +18,10 @@ A guest whose size colod does not know (a Xen domain: its pfns are not its
 memory size) is bounded by half this host's memory as the kernel reports it,
 the most a checkpoint could take here without starving the host.
 
-Pages are copied into one growing buffer, a slot per distinct page, and handed
-out again as PAGE_DATA records in the order their pages first arrived, at the
-place of the checkpoint's first PAGE_DATA; records without pages keep their
-order around them.
+Pages are held where they arrived, without a copy while no page comes twice,
+and handed out again as PAGE_DATA records in the order their pages first
+arrived, at the place of the checkpoint's first PAGE_DATA; records without
+pages keep their order around them.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import attrs
 
 from colod.engine.core import ProtocolViolation
 from colod.protocol import PageData, PageType, Record
+from colod.protocol.records import Buffer
 from colod.protocol.wire import PAGE_SIZE, PAGE_TYPES_WITHOUT_DATA
 
 #: Bytes allowed beyond the guest's pages: the records other than pages (device
@@ -49,6 +50,10 @@ BATCH_SIZE = 1024
 #: Page type to 1 if the type carries page data, else 0 (a bytes.translate table).
 _CARRIES_DATA = bytes(t in frozenset(PageType) - PAGE_TYPES_WITHOUT_DATA for t in range(256))
 _NO_SLOT = -1
+#: A slot is its chunk's number shifted by this, plus the page's index in the chunk (records are
+#: at most 128 MiB: 32768 pages).
+SLOT_BITS = 16
+_PAGE_MASK = (1 << SLOT_BITS) - 1
 
 
 class PageOutsideGuest(ProtocolViolation):
@@ -80,32 +85,60 @@ def footprint(record: Record) -> int:
     return size
 
 
+def _kept(data: Buffer) -> memoryview:
+    """``data`` to hold on to: a view of it, or a copy if it is a small part of a larger buffer
+    (a short record read in one chunk), whose rest a view would keep alive."""
+    view = memoryview(data)
+    base = view.obj
+    if base is not None and len(base) > 2 * view.nbytes:
+        return memoryview(bytes(view))
+    return view
+
+
 class _Pages:
-    """The distinct pages of one checkpoint: an entry per pfn, a data slot per page that carried data."""
+    """The distinct pages of one checkpoint: an entry per pfn, a data slot per page that carried data.
+
+    The slots are the pages of the records themselves, kept as they arrived:
+    a record of new pages is held as it is, without a copy.  A later copy of a
+    page overwrites its slot in place (its buffer copied once, if read-only),
+    and the new pages of a record that also carries copies are copied into a
+    buffer of their own, so nothing held is ever superseded.  A slot is
+    numbered ``chunk << SLOT_BITS | page``.
+    """
 
     def __init__(self) -> None:
         self.index: dict[int, int] = {}  # pfn to entry
         self.pfns = array("Q")  # entry to pfn
         self.types = bytearray()  # entry to its latest page type
         self.slots = array("q")  # entry to its data slot, or _NO_SLOT
-        self.data = bytearray()  # the slots, PAGE_SIZE bytes each
+        self.chunks: list[memoryview] = []  # the slots' buffers
+        self.data_bytes = 0
+        self.breaks: list[int] = []  # the first entry each add made: records handed out start there too
 
     @property
     def size(self) -> int:
-        return len(self.data) + ENTRY_COST * len(self.pfns)
+        return self.data_bytes + ENTRY_COST * len(self.pfns)
+
+    def _chunk(self, data: memoryview) -> int:
+        self.chunks.append(data)
+        self.data_bytes += data.nbytes
+        return (len(self.chunks) - 1) << SLOT_BITS
 
     def add(self, record: PageData) -> None:
         pfns, types = record.pfns, bytes(record.types)
         carries = types.translate(_CARRIES_DATA)
+        if not self.breaks or self.breaks[-1] != len(self.pfns):
+            self.breaks.append(len(self.pfns))
         if self.index.keys().isdisjoint(pfns) and len(set(pfns)) == len(pfns) and all(carries):
-            # Every page new and carrying data, as almost always: one copy of the whole record.
-            first, slot = len(self.pfns), len(self.data) // PAGE_SIZE
+            # Every page new and carrying data, as almost always: the record is held as it is.
+            first, slot = len(self.pfns), self._chunk(_kept(record.data))
             self.index.update(zip(pfns, range(first, first + len(pfns)), strict=True))
             self.pfns.extend(pfns)
             self.types += types
             self.slots.extend(range(slot, slot + len(pfns)))
-            self.data += record.data
             return
+        fresh = bytearray()  # this record's new pages, copied
+        fresh_slot = len(self.chunks) << SLOT_BITS
         with memoryview(record.data) as data:
             at = 0
             for pfn, page_type, has_data in zip(pfns, types, carries, strict=True):
@@ -117,30 +150,48 @@ class _Pages:
                     self.slots.append(_NO_SLOT)
                 else:
                     self.types[entry] = page_type
-                if has_data:
-                    page = data[at : at + PAGE_SIZE]
-                    at += PAGE_SIZE
-                    slot = self.slots[entry]
-                    if slot == _NO_SLOT:
-                        self.slots[entry] = len(self.data) // PAGE_SIZE
-                        self.data += page
-                    else:
-                        self.data[slot * PAGE_SIZE : (slot + 1) * PAGE_SIZE] = page
+                if not has_data:
+                    continue
+                page = data[at : at + PAGE_SIZE]
+                at += PAGE_SIZE
+                slot = self.slots[entry]
+                if slot == _NO_SLOT:
+                    self.slots[entry] = fresh_slot + len(fresh) // PAGE_SIZE
+                    fresh += page
+                elif slot >= fresh_slot:
+                    offset = (slot - fresh_slot) * PAGE_SIZE
+                    fresh[offset : offset + PAGE_SIZE] = page
+                else:
+                    self._writable(slot >> SLOT_BITS)
+                    self._pages(slot, 1)[:] = page
+        if fresh:
+            self._chunk(memoryview(fresh))
+
+    def _writable(self, chunk: int) -> None:
+        if self.chunks[chunk].readonly:
+            self.chunks[chunk] = memoryview(bytearray(self.chunks[chunk]))
+
+    def _pages(self, slot: int, count: int) -> memoryview:
+        """The ``count`` pages from ``slot`` on, in its chunk."""
+        at = (slot & _PAGE_MASK) * PAGE_SIZE
+        return self.chunks[slot >> SLOT_BITS][at : at + count * PAGE_SIZE]
 
     def records(self) -> list[PageData]:
-        """The pages as PAGE_DATA records; their data are views of this store's buffer where they can be."""
+        """The pages as PAGE_DATA records, in batches; their data are views of the slots where they can be."""
         out = []
-        with memoryview(self.data) as data:
-            for start in range(0, len(self.pfns), BATCH_SIZE):
-                end = min(start + BATCH_SIZE, len(self.pfns))
-                types = bytes(self.types[start:end])
-                slots = [s for s, has in zip(self.slots[start:end], types.translate(_CARRIES_DATA),
-                                              strict=True) if has]
-                if slots and slots[-1] - slots[0] == len(slots) - 1:
-                    chunk: bytes | memoryview = data[slots[0] * PAGE_SIZE : (slots[-1] + 1) * PAGE_SIZE]
-                else:
-                    chunk = b"".join(data[s * PAGE_SIZE : (s + 1) * PAGE_SIZE] for s in slots)
-                out.append(PageData(self.pfns[start:end], types, chunk))
+        ends = [*self.breaks[1:], len(self.pfns)] if self.breaks else []
+        batches = ((start, min(start + BATCH_SIZE, end)) for first, end in zip(self.breaks, ends, strict=True)
+                   for start in range(first, end, BATCH_SIZE))
+        for start, end in batches:
+            types = bytes(self.types[start:end])
+            slots = array("q", (s for s, has in zip(self.slots[start:end], types.translate(_CARRIES_DATA),
+                                                     strict=True) if has))
+            data: Buffer
+            if slots and slots == array("q", range(slots[0], slots[0] + len(slots))):
+                data = self._pages(slots[0], len(slots))
+            else:
+                data = b"".join(self._pages(s, 1) for s in slots)
+            out.append(PageData(self.pfns[start:end], types, data))
         return out
 
 

@@ -129,8 +129,28 @@ class DuplicateTests(TestCase):
         context, state = HvmContext(b"cpu"), EmulatorContext(blob=b"dm")
         receive(buffer, pages([5], [5]), context, pages([6], [6]), Checkpoint(), state)
         records = buffer.take()
-        self.assertEqual([type(r) for r in records], [PageData, HvmContext, Checkpoint, EmulatorContext])
-        self.assertEqual(list(records[0].pfns), [5, 6])
+        self.assertEqual([type(r) for r in records],
+                         [PageData, PageData, HvmContext, Checkpoint, EmulatorContext])
+        self.assertEqual([pfn for r in records[:2] for pfn in r.pfns], [5, 6])
+
+
+class CopyTests(TestCase):
+    def test_new_pages_are_held_without_a_copy(self) -> None:
+        """A record of new pages (the common case, inside the guest's pause) is handed on as it came."""
+        data = bytearray(page(1) + page(2))
+        buffer = CheckpointBuffer(GUEST_PAGES)
+        receive(buffer, PageData([1, 2], bytes(2), memoryview(data)))
+        [record] = buffer.take()
+        self.assertIs(memoryview(record.data).obj, data)
+
+    def test_a_short_record_is_copied_out_of_its_larger_buffer(self) -> None:
+        """A one-page record read inside a 1 MiB chunk must not keep the whole chunk alive."""
+        chunk = bytes(1 << 20)
+        buffer = CheckpointBuffer(GUEST_PAGES)
+        receive(buffer, PageData([1], bytes(1), memoryview(chunk)[:PAGE_SIZE]))
+        [record] = buffer.take()
+        self.assertIsNot(memoryview(record.data).obj, chunk)
+        self.assertEqual(bytes(record.data), page(0))
 
 
 class BoundTests(TestCase):
