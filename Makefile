@@ -26,7 +26,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m colod.demo
+	$(PY) -m colod.testing.demo
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -40,17 +40,17 @@ trial: setup
 clean:
 	rm -rf $(VENV) build dist *.egg-info _trial_temp .pytest_cache .hypothesis
 
-# The Xen lab (tools/xenlab, colod/xenlab.py): Xen 4.17 with a Debian dom0 in
+# The Xen lab (tools/xenlab, colod/testing/xenlab.py): Xen 4.17 with a Debian dom0 in
 # QEMU.  `make xenlab` builds it into /var/cache/colod-xenlab ($XENLAB_CACHE)
 # unless that is current; `make xenlab-smoke` also boots it, runs the HVM test
 # guest and checks colod in dom0 (minutes; one summary line).
 .PHONY: xenlab xenlab-smoke xen-test
 
 xenlab: setup
-	$(PY) -m colod.xenlab build
+	$(PY) -m colod.testing.xenlab build
 
 xenlab-smoke: setup
-	$(PY) -m colod.xenlab smoke
+	$(PY) -m colod.testing.xenlab smoke
 
 # Two colod daemons in the lab's dom0 protect a real HVM guest through the loss
 # of its host (tests/xenlab/xen_test.py; minutes; one summary line).

@@ -55,13 +55,13 @@ from colod.engine.status import StatusFile
 from colod.guest.device_model import DeviceModelEngine
 from colod.guest.memory_image import MemoryImage
 from colod.guest.qemu_guest import QemuGuest
-from colod.lab import free_port
 from colod.protocol.handshake import Hello, Role
 from colod.protocol.peer import PeerLinkFactory
 from colod.protocol.wire import PAGE_SIZE
-from colod.qemu_process import QemuProcess, reap_all
 from colod.qmp import QMPConnection
 from colod.reactor import use_asyncio_reactor
+from colod.testing.lab import free_port
+from colod.testing.qemu_process import QemuProcess, reap_all
 
 MiB = 1 << 20
 IMAGE_PAGES = 128 * MiB // PAGE_SIZE

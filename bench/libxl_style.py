@@ -26,7 +26,7 @@ from colod.qmp import (
     QMPTimeout,
     probed_info,
 )
-from colod.qmp_blocking import QMPClient, QMPError, QMPNoAnswer, QMPRefused
+from colod.testing.qmp_blocking import QMPClient, QMPError, QMPNoAnswer, QMPRefused
 
 
 class LibxlQMP:

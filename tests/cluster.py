@@ -1,4 +1,5 @@
-"""The engine tests' cluster: a lab (colod.lab) per test, always reaped, and a fault-injecting link proxy.
+"""The engine tests' cluster: a lab (colod.testing.lab) per test, always reaped, and a fault-injecting
+link proxy.
 
 The proxy sits on the peer link: the primary connects to it and it connects to
 the secondary.  It cuts each direction at record boundaries (the colod hello,
@@ -33,8 +34,6 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from colod.engine.core import record_name
-from colod.guest.writer import Header, Verdict
-from colod.lab import POLL_INTERVAL, Lab, Poll
 from colod.protocol import (
     CLOSED,
     NEED_DATA,
@@ -57,6 +56,8 @@ from colod.protocol.handshake import Hello
 from colod.protocol.pagedata import pages_with_data
 from colod.protocol.wire import PAGE_SIZE, RECORD_HEADER, padding
 from colod.protocol.writers import write_record
+from colod.testing.lab import POLL_INTERVAL, Lab, Poll
+from colod.testing.writer import Header, Verdict
 from tests.rig import ScratchTestCase, sleep
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ import inspect
 import pytest
 from twisted.internet.defer import Deferred
 
-from colod.qemu_process import reap_all
+from colod.testing.qemu_process import reap_all
 
 
 def _returned(result: object) -> str:

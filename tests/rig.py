@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from colod.qemu_process import QemuProcess
+from colod.testing.qemu_process import QemuProcess
 
 # The twistd of the Python running the tests (the project's virtualenv).
 TWISTD = str(Path(sys.executable).with_name("twistd"))

@@ -15,7 +15,7 @@ import pytest
 
 from colod import config
 from colod.endpoints import client_problem, host_problem, server_problem
-from colod.lab import free_port
+from colod.testing.lab import free_port
 from tests.rig import ScratchTestCase
 
 REPO = Path(__file__).resolve().parent.parent

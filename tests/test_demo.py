@@ -12,7 +12,7 @@ class DemoTests(ScratchTestCase):
     def test_demo_passes(self) -> None:
         """The demo exits 0, ends with its one-line summary, and showed checkpoints and a takeover."""
         out = subprocess.run(
-            [sys.executable, "-m", "colod.demo", "--workdir", str(self.workdir)],
+            [sys.executable, "-m", "colod.testing.demo", "--workdir", str(self.workdir)],
             capture_output=True, text=True, timeout=120,
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)

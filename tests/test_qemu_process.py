@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from colod.qemu_process import QemuProcess, QemuStartError, reap_all
+from colod.testing.qemu_process import QemuProcess, QemuStartError, reap_all
 from tests.rig import ScratchTestCase
 
 
@@ -52,7 +52,7 @@ class QemuProcessTests(ScratchTestCase):
         """A QEMU whose starting process is killed outright dies too (no stray QEMU)."""
         starter = subprocess.Popen(
             [sys.executable, "-c",
-             "import sys, time; from colod.qemu_process import QemuProcess;"
+             "import sys, time; from colod.testing.qemu_process import QemuProcess;"
              "q = QemuProcess(sys.argv[1], 'orphan').start(); print(q.pid, flush=True); time.sleep(60)",
              str(self.workdir)],
             stdout=subprocess.PIPE, text=True,

@@ -11,7 +11,6 @@ from typing import Any
 
 from twisted.internet import defer
 
-from colod.qemu_process import QemuProcess
 from colod.qmp import (
     REQUIRED_COMMANDS,
     QMPCapabilityError,
@@ -22,6 +21,7 @@ from colod.qmp import (
     QMPTimeout,
 )
 from colod.reactor import asyncio_loop
+from colod.testing.qemu_process import QemuProcess
 from tests.rig import QemuTestCase, async_test, sleep
 
 

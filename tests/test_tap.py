@@ -12,7 +12,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
 from colod import tap
-from colod.qemu_process import QemuProcess
+from colod.testing.qemu_process import QemuProcess
 from tests.rig import TWISTD, QemuTestCase, ScratchTestCase, wait_for_text
 from tests.test_config import GOOD
 

@@ -25,9 +25,9 @@ from twisted.internet.defer import Deferred
 from colod import cli, config
 from colod.config import Config, DomainConfig
 from colod.devices import DeviceGroup, ProviderRegistry
-from colod.lab import free_port
-from colod.qemu_process import QemuProcess
 from colod.qmp import QMPConnection
+from colod.testing.lab import free_port
+from colod.testing.qemu_process import QemuProcess
 from tests.rig import QemuTestCase, sleep
 
 MiB = 1 << 20

@@ -1,7 +1,7 @@
 """A primary that never ends its checkpoint cannot make a real secondary daemon hold more than the bound.
 
 The secondary is a ``twistd colod`` with its QEMUs, as the lab starts it
-(colod.lab); the primary is tests/engine/flood_peer.py, a process of its own
+(colod.testing.lab); the primary is tests/engine/flood_peer.py, a process of its own
 that passes the real handshake and then streams without end.  While it does,
 the daemon's resident memory is read from /proc and must stay within what
 one checkpoint may hold (the guest's memory plus the allowance) over what
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from colod.engine.checkpoint_buffer import CheckpointBuffer
-from colod.lab import Lab, Poll, listening
 from colod.protocol.wire import PAGE_SIZE
+from colod.testing.lab import Lab, Poll, listening
 from tests.rig import ScratchTestCase
 
 MiB = 1 << 20

@@ -1,10 +1,10 @@
-"""Two ``twistd colod`` daemons over TCP with two real QEMUs and the guest writer (colod.lab)."""
+"""Two ``twistd colod`` daemons over TCP with two real QEMUs and the guest writer (colod.testing.lab)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from colod.lab import Node
+from colod.testing.lab import Node
 from tests.cluster import ClusterTestCase, wait
 from tests.rig import async_test, sleep
 

@@ -24,7 +24,7 @@ from colod.guest.qemu_guest import QemuGuest
 from colod.protocol import CheckpointId, CheckpointState, EmulatorContext
 from colod.protocol.handshake import Hello, Role
 from colod.protocol.peer import LinkTiming, PeerLink, PeerLinkFactory
-from colod.qemu_process import QemuProcess
+from colod.testing.qemu_process import QemuProcess
 from tests.cluster import Direction, LinkProxy, record_of
 from tests.devices.pair import SIZE, TIMEOUT, ReplicationTestCase, Side, within
 from tests.qmp_proxy import QMPProxy

@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import attrs
 
-from colod.lab import Node, Poll
 from colod.protocol import Checkpoint, CheckpointEnd, CheckpointId, EmulatorContext, PageData
 from colod.protocol.wire import RECORD_HEADER
+from colod.testing.lab import Node, Poll
 from tests.cluster import ClusterTestCase, Direction, Match, checkpoint_state, record_of, wait
 from tests.rig import async_test
 

@@ -15,9 +15,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from colod.lab import Poll
 from colod.protocol import Channel, CheckpointEnd, CheckpointId, CheckpointState, Encoder, Record
 from colod.protocol.handshake import Hello, Role
+from colod.testing.lab import Poll
 from tests.cluster import (
     GARBAGE,
     ClusterTestCase,

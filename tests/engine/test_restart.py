@@ -12,7 +12,7 @@ lands on the last checkpoint.
 
 from __future__ import annotations
 
-from colod.lab import Poll, listening
+from colod.testing.lab import Poll, listening
 from tests.cluster import ClusterTestCase, wait
 from tests.rig import async_test
 

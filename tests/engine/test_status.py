@@ -3,7 +3,7 @@
 The unit tests drive StatusFile with a task.Clock standing in for the reactor
 (only its timers: the writes go to a real tmpfs that this test mounts, as
 root, and fills).  The daemon tests fill the state_dir of one side of a real
-pair (two ``twistd colod``, real QEMUs, the guest writer: colod.lab).
+pair (two ``twistd colod``, real QEMUs, the guest writer: colod.testing.lab).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from colod.engine.status import StatusFile
-from colod.lab import Lab, Node, Poll
 from colod.protocol import Record
 from colod.protocol.handshake import Hello, Role
 from colod.protocol.peer import IPeerLinkObserver, PeerLink, PeerLinkFactory
+from colod.testing.lab import Lab, Node, Poll
 from tests.cluster import ClusterTestCase, wait
 from tests.rig import ScratchTestCase, async_test
 

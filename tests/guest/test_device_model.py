@@ -14,8 +14,8 @@ from colod.guest.device_model import (
     DeviceModelEngine,
     DeviceStateError,
 )
-from colod.qemu_process import QemuProcess
 from colod.qmp import QMPConnection, QMPDisconnected
+from colod.testing.qemu_process import QemuProcess
 from tests.rig import QemuTestCase, async_test, sleep
 
 MACHINE = f"pc,{DEVICE_MODEL_MACHINE_OPTIONS}"

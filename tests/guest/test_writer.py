@@ -13,8 +13,8 @@ import pytest
 from twisted.internet import reactor
 
 from colod.guest.memory_image import MemoryImage, RunControl
-from colod.guest.writer import Header, Verdict, Workload, splitmix64, verify
 from colod.protocol.wire import PAGE_SIZE
+from colod.testing.writer import Header, Verdict, Workload, splitmix64, verify
 from tests.rig import QemuTestCase, async_test, sleep
 
 PAGES = 256
@@ -114,7 +114,7 @@ class WriterTests(QemuTestCase):
         ])
 
     def command(self, *args: str, node: str = "colo-disk0") -> list[str]:
-        return [sys.executable, "-m", "colod.guest.writer", "--image", str(self.image),
+        return [sys.executable, "-m", "colod.testing.writer", "--image", str(self.image),
                 "--qmp", str(self.writer_qmp), "--node", node, "--disk-size", str(DISK_SIZE), *args]
 
     def run_writer(self, *args: str, node: str = "colo-disk0") -> subprocess.CompletedProcess[str]:
@@ -122,7 +122,7 @@ class WriterTests(QemuTestCase):
                               timeout=RUN_TIMEOUT)
 
     def verify_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "colod.guest.writer", "verify", "--image", str(self.image),
+        command = [sys.executable, "-m", "colod.testing.writer", "verify", "--image", str(self.image),
                    "--disk", str(self.disk), "--disk-base", hex(BASE), *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)
 

@@ -1,5 +1,5 @@
 """
-The Xen lab end to end (colod.xenlab): build it if the cache is not current,
+The Xen lab end to end (colod.testing.xenlab): build it if the cache is not current,
 boot Xen 4.17 with its Debian dom0 in QEMU, run the HVM test guest to its
 20th tick, import colod and start ``twistd colod --help`` in dom0, stop.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from colod.xenlab import XenLab, smoke
+from colod.testing.xenlab import XenLab, smoke
 
 if os.environ.get("XENLAB") == "1":
 

@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 
-from colod.xenlab import XenLab, XenLabError
+from colod.testing.xenlab import XenLab, XenLabError
 
 GUEST = "hvm1"
 CAPTURE = "/root/remus.bin"

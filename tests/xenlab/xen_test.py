@@ -2,7 +2,7 @@
 
     python -m tests.xenlab.xen_test [--checkpoints N]
 
-Inside the lab's dom0 (colod.xenlab: Xen 4.17 booted under QEMU TCG), a
+Inside the lab's dom0 (colod.testing.xenlab: Xen 4.17 booted under QEMU TCG), a
 primary and a secondary ``twistd colod`` on one dom0 protect the HVM test
 guest, whose counter (GUEST-TICK, every 100 ms) lives in its memory.
 Nothing is mocked: real hypervisor, real save helper, real ``xl``, real
@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-from colod.xenlab import XenLab, XenLabError
+from colod.testing.xenlab import XenLab, XenLabError
 
 GUEST = "hvm1"
 #: For a dom0 under nested TCG, where every process runs tens of times slower than on a host.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Builds the Xen lab that colod/xenlab.py boots: Xen 4.17 with a Debian 12
+# Builds the Xen lab that colod/testing/xenlab.py boots: Xen 4.17 with a Debian 12
 # dom0, everything from Debian's packages, cached outside the clone.
 #
 # usage: tools/xenlab/build.sh            build what is not current, then print "cached" or "built"

@@ -3,7 +3,7 @@
 
 The spool is a 9p share, read-write, that QEMU exports from the host's run
 folder; dom0-init mounts it at /opt/xenlab-spool and starts this runner
-(`xenlab-runner SPOOL`).  The protocol, host side in colod/xenlab.py:
+(`xenlab-runner SPOOL`).  The protocol, host side in colod/testing/xenlab.py:
 
 - The host writes a bash script to ``cmd/<id>.sh`` (a temporary name first,
   then renamed, so the runner never sees half a script).  Its first line is

@@ -29,7 +29,7 @@ and watched during every wait: a Xen or dom0 panic, or dom0's init reporting
 (``socat -,raw,echo=0 UNIX:<run_dir>/serial.sock``).
 
 Every wait has a deadline.  QEMU is started with a parent-death signal (as
-colod.qemu_process does), which Linux sends when the starting *thread* ends:
+colod.testing.qemu_process does), which Linux sends when the starting *thread* ends:
 start the lab from the main thread.  stop() (also on errors, at exit, and by
 leaving a ``with XenLab() as lab:`` block) always reaps it.
 
@@ -37,7 +37,7 @@ The HVM test guest (create_guest()) is the Debian kernel with a busybox
 initramfs printing ``GUEST-TICK <n>`` every 100 ms to its serial log,
 /var/log/xen/<name>-serial.log in dom0; guest_ticks() reads the last n.
 
-``python -m colod.xenlab smoke`` builds if needed, boots, creates the guest,
+``python -m colod.testing.xenlab smoke`` builds if needed, boots, creates the guest,
 waits for its 20th tick, checks colod and ``twistd colod`` in dom0, and prints
 one summary line; ``build`` only builds; ``shell`` boots and runs the lines
 it reads, one command each, in dom0.
@@ -66,10 +66,10 @@ from pathlib import Path
 
 import attrs
 
-from colod.lab import terminate
-from colod.qemu_process import _die_with_parent
+from colod.testing.lab import terminate
+from colod.testing.qemu_process import _die_with_parent
 
-TREE = Path(__file__).resolve().parents[1]
+TREE = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = Path("/var/cache/colod-xenlab")
 QEMU_BINARY = "qemu-system-x86_64"
 GiB = 1 << 30
@@ -632,7 +632,8 @@ def smoke(lab: XenLab) -> SmokeResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m colod.xenlab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m colod.testing.xenlab",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--cache", help="the build cache (default $XENLAB_CACHE or /var/cache/colod-xenlab)")
     parser.add_argument("--run-dir", help="the run folder (serial log, spool; default a new one in /tmp)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -2,7 +2,7 @@
 """
 A stand-in guest that changes its disk and its memory and can be checked.
 
-Run as C{python -m colod.guest.writer} against a memory image
+Run as C{python -m colod.testing.writer} against a memory image
 (L{colod.guest.memory_image}) and a QEMU's disk node, it plays the guest for
 the demo, the tests and the benchmarks.  Each operation k, inside one
 L{MemoryImage.guest_turn} so that a checkpoint never sees it half-done,
@@ -35,7 +35,7 @@ import attrs
 
 from colod.guest.memory_image import MemoryImage
 from colod.protocol.wire import PAGE_SIZE
-from colod.qmp_blocking import QMPClient, QMPError
+from colod.testing.qmp_blocking import QMPClient, QMPError
 
 MAGIC = b"COLODWRT"
 #: Page 0 starts with: magic, seed, block size, disk size, completed operations.
@@ -267,7 +267,7 @@ def _number(text: str) -> int:
 
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m colod.guest.writer",
+        prog="python -m colod.testing.writer",
         description="A stand-in guest that changes its disk and its memory, and its checker.")
     commands = parser.add_subparsers(dest="command", required=True)
     shared = argparse.ArgumentParser(add_help=False)

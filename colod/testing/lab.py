@@ -4,7 +4,7 @@
 Each node has its own directory with its disk (filled with a known byte), its
 overlays, its memory image, its configuration, a QEMU started from what
 ``colod qemu-args`` prints, and a ``twistd colod`` daemon.  The guest writer
-(colod.guest.writer) plays the guest on the primary, so any node's disk and
+(colod.testing.writer) plays the guest on the primary, so any node's disk and
 memory image can be checked against what it had done.
 
 The lab sets up, starts, kills and looks; close() reaps every process it
@@ -34,10 +34,10 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from colod.guest.memory_image import MemoryImage
-from colod.guest.writer import Header, Verdict, verify
 from colod.protocol.wire import PAGE_SIZE
-from colod.qemu_process import QemuProcess, _die_with_parent
-from colod.qmp_blocking import QMPClient
+from colod.testing.qemu_process import QemuProcess, _die_with_parent
+from colod.testing.qmp_blocking import QMPClient
+from colod.testing.writer import Header, Verdict, verify
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -427,7 +427,7 @@ hidden_image = "{node.hidden}"
 
     def start_writer(self, interval: float = 0.0) -> None:
         """Start the writer on the primary: only once protected, since colod does not copy disks."""
-        command = [sys.executable, "-m", "colod.guest.writer", "run", "--image", str(self.primary.memory),
+        command = [sys.executable, "-m", "colod.testing.writer", "run", "--image", str(self.primary.memory),
                    "--qmp", str(self.primary.writer_monitor), "--node", QUORUM_NODE,
                    "--disk-size", str(self.disk_size), "--seed", str(self.seed), "--interval", str(interval)]
         with open(self.writer_log, "ab") as out:

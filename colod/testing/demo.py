@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_demo -*-
 """``make demo``: a protected guest survives the loss of its primary host, on this one machine.
 
-Two nodes (colod.lab) each get a QEMU started from ``colod qemu-args`` and a
+Two nodes (colod.testing.lab) each get a QEMU started from ``colod qemu-args`` and a
 ``twistd colod`` daemon; once the first checkpoint is complete, the guest
 writer changes the primary's disk and memory.  The demo shows checkpoints
 going by, then kills the primary's QEMU, daemon and guest at once, as a host
@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from colod.lab import Lab, LabError
-from colod.qemu_process import QemuStartError
+from colod.testing.lab import Lab, LabError
+from colod.testing.qemu_process import QemuStartError
 
 #: How long the demo shows checkpoints going by, and how often it reports them.
 SHOW_SECONDS = 6.0
