@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.devices.test_qemu_args -*-
+# -*- test-case-name: tests.devices.test_cli -*-
 """The QEMU command-line arguments colod needs on a domain's device model, on either side.
 
 The disks are part of the device model's command line, as Xen starts it;

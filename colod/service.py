@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_tap,tests.test_startup_failures,tests.engine.test_daemons -*-
 """The daemon's service tree: one ColodService, one DomainService per guest.
 
 A DomainService keeps a QMP connection to its guest's QEMU: it connects at

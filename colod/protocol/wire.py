@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_wire -*-
+# -*- test-case-name: tests.protocol.test_golden,tests.protocol.test_decoder -*-
 """
 The numbers and fixed layouts of Xen's migration-v2 streams, and colod's few
 additions to them.
