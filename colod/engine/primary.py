@@ -252,6 +252,8 @@ class PrimaryEngine(EngineCore):
     async def _first_copy(self) -> None:
         self._send_live(LibxcContext())
         await self.guest.copy_live(self._send_live)
+        if self.link is None:  # lost while the guest was copied: a stale step must not suspend it
+            raise ConnectionError("the link closed during the live copy")
         self._begin_pause()  # the live copy has the guest engine's deadline; the pause has its own
         await self._suspend_guest()
         await self._send_checkpoint_records(await self.guest.first_records())

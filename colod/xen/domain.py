@@ -81,6 +81,8 @@ class XenDomain:
         self.state_file = state_file
         self._timeout = timeout
         self.how = ""
+        #: A suspend was asked for and taken up: the guest is suspended, or on its way there.
+        self._going_down = False
 
     def info(self) -> dict[str, Any]:
         """libxc's domain info.  @raise DomainError: the domain is gone."""
@@ -105,15 +107,28 @@ class XenDomain:
         else:
             self.how = "SHUTDOWN_suspend"
             self._xc.domain_shutdown(self.domid, SHUTDOWN_SUSPEND)
+        self._going_down = True
         await self._until(self._suspended, "suspend")
         await self._qmp.execute("stop")
         await self._qmp.execute("xen-save-devices-state", {"filename": str(self.state_file), "live": True})
 
     async def resume(self) -> None:
-        """The guest runs again from where it was suspended (libxl's fast resume)."""
+        """
+        The guest runs again from where it was suspended (libxl's fast resume).
+
+        After a suspend that failed half-way the guest may not be suspended:
+        one that acknowledged the request is still on its way down and is let
+        finish first (a fast resume in the middle of the guest's own suspend
+        path crashes it); one that never got the request, or refused it, is
+        running, and only its device model is let go.
+        """
+        if self._going_down and not self._suspended():
+            await self._until(self._suspended, "finish suspending")
+        self._going_down = False
         await self._qmp.execute("cont")
-        self._xc.domain_resume(self.domid, 1)
-        self._xs.resume_domain(self.domid)
+        if self._suspended():
+            self._xc.domain_resume(self.domid, 1)
+            self._xs.resume_domain(self.domid)
 
     async def set_log_dirty(self, enable: bool) -> None:
         """The device model tracks the pages it writes too (libxl's switch_qemu_logdirty)."""

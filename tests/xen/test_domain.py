@@ -22,12 +22,15 @@ CONTROL = f"/local/domain/{DOMID}/control/shutdown"
 
 
 class FakeXen:
-    """Stands in for xen.lowlevel.xc and xs: one guest, with or without PV drivers."""
+    """Stands in for xen.lowlevel.xc and xs: one guest, with or without PV drivers; one that
+    acknowledges a suspend request but does not complete it (``completes=False``) stays on its way
+    down until a test sets ``shutdown``."""
 
     def __init__(self, pv_drivers: bool = True, acknowledges: bool = True,
-                 reason: int = SHUTDOWN_SUSPEND) -> None:
+                 reason: int = SHUTDOWN_SUSPEND, completes: bool = True) -> None:
         self.pv_drivers = pv_drivers
         self.acknowledges = acknowledges
+        self.completes = completes
         self.reason = reason
         self.store: dict[str, bytes] = {}
         self.shutdown = False
@@ -54,7 +57,7 @@ class FakeXen:
         self.store[path] = value.encode()
         if value == "suspend" and self.acknowledges:
             self.store[path] = b""
-            self.shutdown = True
+            self.shutdown = self.completes
 
     def read(self, transaction: str, path: str) -> bytes | None:
         return self.store.get(path)
@@ -115,6 +118,38 @@ class XenDomainTests(TestCase):
     def test_resume_in_libxls_order(self) -> None:
         xen = FakeXen()
         domain, _ = self.domain(xen)
+        self.successResultOf(Deferred.fromCoroutine(domain.suspend()))
+        del xen.calls[:]
         self.successResultOf(Deferred.fromCoroutine(domain.resume()))
         self.assertEqual(xen.calls, [("qmp", "cont", None), ("domain_resume", DOMID, 1),
                                      ("xs.resume_domain", DOMID)])
+
+    def test_a_guest_still_on_its_way_down_finishes_suspending_before_it_resumes(self) -> None:
+        """A suspend that timed out after the guest took it up: a fast resume now would land in
+        the middle of the guest's own suspend path, so resume waits for the guest to get there."""
+        xen = FakeXen(completes=False)
+        domain, clock = self.domain(xen)
+        suspending = Deferred.fromCoroutine(domain.suspend())
+        clock.pump([0.1] * 12)
+        self.assertEqual(str(self.failureResultOf(suspending, DomainError).value),
+                         "domain 7 did not suspend within 1 s")
+        resuming = Deferred.fromCoroutine(domain.resume())
+        clock.pump([0.1] * 3)
+        self.assertNoResult(resuming)
+        self.assertNotIn(("domain_resume", DOMID, 1), xen.calls)
+        xen.shutdown = True  # the guest gets there
+        clock.advance(0.1)
+        self.successResultOf(resuming)
+        self.assertEqual(xen.calls[-3:], [("qmp", "cont", None), ("domain_resume", DOMID, 1),
+                                          ("xs.resume_domain", DOMID)])
+
+    def test_a_guest_that_never_went_down_is_not_resumed(self) -> None:
+        """The request was withdrawn unanswered: the guest runs, only its device model is let go."""
+        xen = FakeXen(acknowledges=False)
+        domain, clock = self.domain(xen)
+        suspending = Deferred.fromCoroutine(domain.suspend())
+        clock.pump([0.1] * 12)
+        self.failureResultOf(suspending, DomainError)
+        del xen.calls[:]
+        self.successResultOf(Deferred.fromCoroutine(domain.resume()))
+        self.assertEqual(xen.calls, [("qmp", "cont", None)])
