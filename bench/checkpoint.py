@@ -288,11 +288,11 @@ async def start_node(reactor: Any, workdir: Path, role: str, style: str, memory:
     stack.callback(qemu.stop)
     qemu.start()
     qmp = await open_qmp(style, qemu, libxl_monitor, busy, role, stack)
-    group = DeviceGroup(domain, role, qmp, timeout=TIMEOUT)
+    group = DeviceGroup(domain, role, qmp, reactor, timeout=TIMEOUT)
     guest = QemuGuest(role, DeviceModelEngine(qmp, workdir / f"{role}-state", reactor), domain.memory_image,
                       reactor, timeout=TIMEOUT)
     stack.callback(guest.close)
-    common = (domain, role, guest, group, reactor, StatusFile(workdir / f"{role}-status"), qmp)
+    common = (domain, role, guest, group, reactor, StatusFile(workdir / f"{role}-status", reactor), qmp)
     engine: PrimaryEngine | SecondaryEngine
     if role == "primary":
         engine = PrimaryEngine(*common, interval=3600.0, checkpoint_timeout=FIRST_TIMEOUT)

@@ -151,8 +151,10 @@ class DomainService(Service):
                                         timeout=config.qmp.command_timeout)
             except (OSError, ValueError) as e:
                 raise ProtectionError(f"cannot use the guest's memory image: {e}") from None
-        devices = DeviceGroup(domain, config.role, qmp)  # type: ignore[arg-type]  # no devices without QMP
-        common = (domain, config.node_name, self._guest, devices, self._reactor, StatusFile(state_dir), qmp)
+        # type: ignore[arg-type]: a Xen secondary has no QMP, and no devices to drive with it.
+        devices = DeviceGroup(domain, config.role, qmp, self._reactor)  # type: ignore[arg-type]
+        status = StatusFile(state_dir, self._reactor)
+        common = (domain, config.node_name, self._guest, devices, self._reactor, status, qmp)
         if config.role == "primary":
             self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval,
                                         checkpoint_timeout=checkpoint_timeout(config))

@@ -38,13 +38,12 @@ class DeviceGroup:
         domain: DomainConfig,
         role: str,
         qmp: QMPConnection,
+        clock: IReactorTime,
         *,
         registry: ProviderRegistry | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        clock: IReactorTime | None = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        """``clock`` times each hook's deadline: the service's reactor, a task.Clock in tests."""
         self.domain = domain
         self.role = role
         self.timeout = timeout
@@ -56,7 +55,7 @@ class DeviceGroup:
 
     def _run(self, hook: str, devices: Sequence[ICheckpointDevice]) -> Deferred[list[object]]:
         return Deferred.fromCoroutine(run_all(
-            hook, [(d.names, getattr(d, hook)) for d in devices], self.timeout, self._clock))
+            hook, [(d.names, getattr(d, hook)) for d in devices], (self.timeout, self._clock)))
 
     # -- protection -------------------------------------------------------
 
@@ -124,7 +123,7 @@ class DeviceGroup:
 
     async def _health_of(self, device: ICheckpointDevice) -> list[DeviceHealth]:
         try:
-            [report] = await run_all("health", [(device.names, device.health)], self.timeout, self._clock)
+            [report] = await run_all("health", [(device.names, device.health)], (self.timeout, self._clock))
         except DeviceFailures as failure:
             return [DeviceHealth(name, False, str(error)) for name, error in failure.failures.items()]
         return list(report)

@@ -25,21 +25,21 @@ Task = tuple[Sequence[str], Callable[[], Deferred[_T] | Any]]
 async def run_all(
     hook: str,
     tasks: Sequence[Task[_T]],
-    timeout: float | None = None,
-    clock: IReactorTime | None = None,
+    deadline: tuple[float, IReactorTime] | None = None,
 ) -> list[_T]:
     """Start every task, wait for all of them, return their results in order.
 
     Fails with one DeviceFailures listing every device whose task failed.  A
     task's own DeviceFailures is merged (it already names its devices); any
-    other error counts against all the names of its task.  With ``timeout``,
-    the tasks still running then are cancelled and fail with DeviceTimeout.
+    other error counts against all the names of its task.  With a ``deadline``
+    (seconds, and the clock that counts them), the tasks still running then are
+    cancelled and fail with DeviceTimeout.
     """
     started: list[Deferred[_T]] = []
     for _names, start in tasks:
         d = maybeDeferred(start)
-        if timeout is not None:
-            d.addTimeout(timeout, clock)
+        if deadline is not None:
+            d.addTimeout(*deadline)
         started.append(d)
     outcomes = await DeferredList(started, consumeErrors=True)
     failures: dict[str, BaseException] = {}
@@ -52,8 +52,8 @@ async def run_all(
         if isinstance(error, DeviceFailures):
             failures.update(error.failures)
             continue
-        if isinstance(error, (TimeoutError, CancelledError)) and timeout is not None:
-            error = DeviceTimeout(hook, timeout)
+        if isinstance(error, (TimeoutError, CancelledError)) and deadline is not None:
+            error = DeviceTimeout(hook, deadline[0])
         for name in names:
             failures[name] = error
     if failures:

@@ -84,15 +84,14 @@ class StatusFile:
 
     log = Logger()
 
-    def __init__(self, directory: str | os.PathLike[str], clock: IReactorTime | None = None,
+    def __init__(self, directory: str | os.PathLike[str], clock: IReactorTime,
                  retry_interval: float = RETRY_INTERVAL) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock  # the running reactor, as the engine's clock
+        """``clock`` times the retries: the engine's, so that a test's task.Clock drives both."""
         self.directory = Path(directory)
         self.path = self.directory / "status.json"
         #: Failed attempts to write a status since colod started.
         self.failures = 0
-        self._clock: IReactorTime = clock  # type: ignore[assignment]
+        self._clock = clock
         self._retry_interval = retry_interval
         self._unwritten: dict[str, Any] | None = None
         self._retry: IDelayedCall | None = None

@@ -182,8 +182,10 @@ class ReplicationTestCase(QemuTestCase):
         qmp = QMPConnection(qemu.qmp_socket, name=role)
         self.addCleanup(lambda: within(TIMEOUT, qmp.disconnect()))
         await qmp.connect()
+        from twisted.internet import reactor
+
         loaded = config.load(path, role)
-        group = DeviceGroup(loaded.domains[0], role, qmp, registry=registry, timeout=TIMEOUT)
+        group = DeviceGroup(loaded.domains[0], role, qmp, reactor, registry=registry, timeout=TIMEOUT)
         return Side(role, loaded, qemu, qmp, group)
 
     async def protected_pair(self, disks: int = 1) -> tuple[Side, Side]:

@@ -97,8 +97,8 @@ class Provider:
 class MatchingTests(unittest.TestCase):
     def group(self, *providers: IDeviceProvider, role: str = "primary", clock: Clock | None = None,
               disks: int = 2) -> DeviceGroup:
-        return DeviceGroup(domain(disks), role, QMPConnection("/nonexistent.qmp"),
-                           registry=ProviderRegistry(providers), timeout=5, clock=clock or Clock())
+        return DeviceGroup(domain(disks), role, QMPConnection("/nonexistent.qmp"), clock or Clock(),
+                           registry=ProviderRegistry(providers), timeout=5)
 
     def test_unhandled_disk_fails_setup_with_its_name(self) -> None:
         """A disk every provider declines is a configuration error naming it and the refusals."""

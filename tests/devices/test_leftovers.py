@@ -26,7 +26,9 @@ class LeftoverTests(ReplicationTestCase):
         self.addCleanup(lambda: within(TIMEOUT, qmp.disconnect()))
         await qmp.connect()
         config = load(self.workdir / f"{side.role}.toml", side.role)
-        return Side(side.role, config, side.qemu, qmp, DeviceGroup(config.domains[0], side.role, qmp,
+        from twisted.internet import reactor
+
+        return Side(side.role, config, side.qemu, qmp, DeviceGroup(config.domains[0], side.role, qmp, reactor,
                                                                    timeout=TIMEOUT))
 
     async def refused(self, side: Side, text: str) -> None:

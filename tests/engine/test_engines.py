@@ -69,7 +69,7 @@ class EnginePairTestCase(ReplicationTestCase):
             guest = QemuGuest(role, DeviceModelEngine(side.qmp, self.workdir / f"{role}-state", reactor),
                               str(path), reactor, timeout=TIMEOUT)
             self.addCleanup(guest.close)
-            common = (side.domain, role, guest, side.group, reactor, StatusFile(self.workdir / role),
+            common = (side.domain, role, guest, side.group, reactor, StatusFile(self.workdir / role, reactor),
                       side.qmp)
             engine: EngineCore
             if role == "primary":
