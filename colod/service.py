@@ -2,8 +2,8 @@
 """The daemon's service tree: one ColodService, one DomainService per guest.
 
 A DomainService keeps a QMP connection to its guest's QEMU: it connects at
-start (retrying until the QEMU is there), says what it found, reconnects when
-the connection is lost, and closes it at stop.  For a Xen domain that QEMU is
+start (retrying until the QEMU is there, colod.retry), says what it found,
+reconnects when the connection is lost, and closes it at stop.  For a Xen domain that QEMU is
 libxl's device model, found from the domain's id; a Xen secondary has no
 QEMU until it takes over (Xen's receiver creates it), so it needs none.  Once QEMU is reached the
 first time it builds the domain's checkpoint engine (colod.engine) and its
@@ -26,8 +26,9 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from colod import startup
 from colod.config import Config, DomainConfig
@@ -39,7 +40,8 @@ from colod.engine.secondary import SecondaryEngine
 from colod.engine.status import StatusFile
 from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine
 from colod.guest.qemu_guest import QemuGuest
-from colod.qmp import REQUIRED_COMMANDS, QMPCapabilityError, QMPConnection, QMPFailure
+from colod.qmp import REQUIRED_COMMANDS, QemuInfo, QMPCapabilityError, QMPConnection, QMPFailure
+from colod.retry import Retry
 from colod.xen.domain import DomainError, qmp_socket
 from colod.xen.setup import DEVICE_MODEL_COMMANDS, XenSetupError, domain_id, primary_guest, secondary_guest
 
@@ -78,8 +80,8 @@ class DomainService(Service):
         self._reactor = reactor
         #: Ends colod: the domain cannot be protected as configured (ColodService.fail).
         self._fail = fail
-        self._retry: IDelayedCall | None = None
-        self._attempt: Deferred[Any] | None = None
+        self._reaching = Retry(self._reach, succeeded=self._connected, failed=self._connect_failed,
+                               delay=RECONNECT_DELAY, clock=reactor)
         self.connection: QMPConnection | None = None
         self.engine: EngineCore | None = None
         self._protecting: Deferred[None] | None = None
@@ -94,14 +96,12 @@ class DomainService(Service):
             self._protecting = Deferred.fromCoroutine(self._protect(None))
             self._protecting.addErrback(self._protect_failed)
         else:
-            self._connect()
+            self._reaching.start()
 
-    def _connect(self) -> None:
-        self._retry = None
-        self._attempt = Deferred.fromCoroutine(self._reach_qemu())
-        self._attempt.addCallbacks(self._connected, self._connect_failed)
+    def _reach(self) -> Deferred[QemuInfo]:
+        return Deferred.fromCoroutine(self._reach_qemu())
 
-    async def _reach_qemu(self) -> Any:
+    async def _reach_qemu(self) -> QemuInfo:
         socket, required = self._domain.qmp_socket, REQUIRED_COMMANDS
         if self._domain.xen is not None:
             self._domid = await domain_id(self._reactor, self._domain.xen, self._config.qmp.connect_timeout)
@@ -120,8 +120,7 @@ class DomainService(Service):
         )
         return await self.connection.connect()
 
-    def _connected(self, info: Any) -> None:
-        self._attempt = None
+    def _connected(self, info: QemuInfo) -> None:
         self.log.info(
             "domain {domain}: connected to QEMU {version}; every command colod needs is present",
             domain=self._domain.name, version=info.version,
@@ -196,20 +195,18 @@ class DomainService(Service):
         self._fail(f"domain {self._domain.name}: cannot listen for the primary at {where}: "
                    f"{failure.getErrorMessage()}")
 
-    def _connect_failed(self, failure: Any) -> None:
-        self._attempt = None
-        if not self.running:
-            return
+    def _connect_failed(self, failure: Failure) -> bool:
+        """Whether to try again: not with a QEMU that lacks what colod needs (colod ends)."""
         if failure.check(QMPCapabilityError):
             self._fail(f"domain {self._domain.name}: {failure.value}")
-            return
+            return False
         if not failure.check(QMPFailure, XenSetupError):
             self.log.failure("domain {domain}: unexpected error while connecting",
                              failure, domain=self._domain.name)
         else:
             self.log.warn("domain {domain}: {reason}; trying again in {delay:g} s",
                           domain=self._domain.name, reason=failure.value, delay=RECONNECT_DELAY)
-        self._retry = self._reactor.callLater(RECONNECT_DELAY, self._connect)
+        return True
 
     def _lost(self, reason: QMPFailure) -> None:
         if not self.running:
@@ -217,7 +214,7 @@ class DomainService(Service):
         self.log.warn("domain {domain}: {reason}; reconnecting", domain=self._domain.name, reason=reason)
         if self.engine is not None:
             self.engine.qemu_lost(str(reason))  # type: ignore[attr-defined]
-        self._connect()
+        self._reaching.start()
 
     def _device_model_lost(self, reason: QMPFailure) -> None:
         if self.running and self.engine is not None:
@@ -228,11 +225,7 @@ class DomainService(Service):
     @inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._attempt is not None:
-            self._attempt.cancel()
+        self._reaching.stop()
         if self._protecting is not None and not self._protecting.called:
             self._protecting.cancel()
         if self.engine is not None:

@@ -1,27 +1,30 @@
-# -*- test-case-name: tests.engine.test_engines -*-
-"""Where a domain's peer link comes from: the secondary listens, the primary connects.
+# -*- test-case-name: tests.engine.test_peering -*-
+"""Where a domain's peer link comes from: the secondary listens, the primary dials.
 
-Both use the Twisted endpoint strings of ``[peer]``.  The primary keeps
-trying, every RETRY_INTERVAL seconds, for as long as its engine waits for a
-secondary (the secondary's colod may start later, or refuse a first
-handshake); once the engine has a secondary, or has given one up, it stops:
-protecting the domain again is not automatic in this version.
+Both use the Twisted endpoint strings of ``[peer]``.  The primary dials again,
+every RETRY_INTERVAL seconds (colod.retry), until its engine has answered one
+link's hello (the secondary's colod may start later, or refuse a first
+handshake).  The engine's answer ends the dialling, whichever it is: it took
+the link, and the link is the engine's from then on (stopping never cuts it);
+or it refused it, because it no longer waits for a secondary.  Either way no
+second link is dialled: protecting the domain again is not automatic in this
+version.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from colod.config import Config, DomainConfig
-from colod.engine.core import EngineCore
+from colod.protocol import HandshakeError, Record
 from colod.protocol.handshake import Hello, Role
-from colod.protocol.peer import LinkTiming, PeerLinkFactory
+from colod.protocol.peer import IPeerLinkObserver, LinkTiming, PeerLink, PeerLinkFactory
+from colod.retry import Retry
 
 #: Seconds between the primary's attempts to reach its secondary.
 RETRY_INTERVAL = 2.0
@@ -32,32 +35,32 @@ class PeerEndpoint:
 
     log = Logger()
 
-    def __init__(self, config: Config, domain: DomainConfig, engine: EngineCore, reactor: Any) -> None:
+    def __init__(self, config: Config, domain: DomainConfig, engine: IPeerLinkObserver,
+                 reactor: IReactorTime, retry_interval: float = RETRY_INTERVAL) -> None:
         self._config = config
-        self._engine = engine
         self._reactor = reactor
-        role = Role(config.role)
+        self._dialler: _Dialler | None = None
+        observer = engine
+        if Role(config.role) is Role.PRIMARY:
+            observer = self._dialler = _Dialler(engine)
         self._factory = PeerLinkFactory(
-            local=Hello(role, domain.name, config.node_name),
+            local=Hello(Role(config.role), domain.name, config.node_name),
             peer_node=config.peer.node_name,
-            observer=engine,
+            observer=observer,
             clock=reactor,
             timing=LinkTiming(heartbeat_interval=config.peer.heartbeat_interval,
                               silence_timeout=config.peer.heartbeat_timeout),
         )
+        self._dialling = Retry(self._dial, succeeded=lambda _: None, failed=self._undialled,
+                               delay=retry_interval, clock=reactor)
         self._port: IListeningPort | None = None
-        self._attempts: LoopingCall | None = None
-        self._connecting: Deferred[Any] | None = None
-        self._protocol: Any = None
 
     def start(self) -> Deferred[None]:
-        """Listen (secondary) or begin connecting (primary); fails if the address cannot be listened on."""
-        if self._config.role == "secondary":
+        """Listen (secondary) or begin dialling (primary); fails if the address cannot be listened on."""
+        if self._dialler is None:
             endpoint = endpoints.serverFromString(self._reactor, self._config.peer.listen)
             return endpoint.listen(self._factory).addCallback(self._listening)
-        self._attempts = LoopingCall(self._attempt)
-        self._attempts.clock = self._reactor
-        self._attempts.start(RETRY_INTERVAL, now=True)
+        self._dialling.start()
         return succeed(None)
 
     def _listening(self, port: IListeningPort) -> None:
@@ -65,34 +68,73 @@ class PeerEndpoint:
         address = port.getHost()
         self.log.info("listening for the primary on {host}:{port}", host=address.host, port=address.port)
 
-    def _attempt(self) -> None:
-        if self._engine.state != "waiting_for_secondary":
-            self._attempts.stop()  # type: ignore[union-attr]
-            return
-        if self._connecting is not None or (self._protocol is not None and self._protocol.connected):
-            return
+    def _dial(self) -> Deferred[None]:
+        assert self._dialler is not None
         endpoint = endpoints.clientFromString(self._reactor, self._config.peer.connect)
-        self._connecting = endpoint.connect(self._factory)
-        self._connecting.addCallbacks(self._connected, self._failed)
+        return Deferred.fromCoroutine(self._dialler.dial(endpoint.connect(self._factory)))
 
-    def _connected(self, protocol: Any) -> None:
-        self._connecting = None
-        self._protocol = protocol
-
-    def _failed(self, failure: Any) -> None:
-        self._connecting = None
-        self.log.info("secondary not reachable at {where} ({why}); trying again in {delay:g} s",
-                      where=self._config.peer.connect, why=failure.getErrorMessage(), delay=RETRY_INTERVAL)
+    def _undialled(self, failure: Failure) -> bool:
+        if not failure.check(HandshakeError):  # the link logged it, with its limits
+            self.log.info("secondary not reachable at {where} ({why}); trying again in {delay:g} s",
+                          where=self._config.peer.connect, why=failure.getErrorMessage(),
+                          delay=self._dialling.delay)
+        return True
 
     def stop(self) -> Deferred[None]:
-        """Stop listening or connecting (an open link is the engine's to end)."""
-        if self._attempts is not None and self._attempts.running:
-            self._attempts.stop()
-        if self._connecting is not None:
-            self._connecting.cancel()
+        """Stop listening or dialling (a link the engine has answered is the engine's to end)."""
+        self._dialling.stop()
         if self._port is not None:
             return Deferred.fromCoroutine(_stop_listening(self._port))
         return succeed(None)
+
+
+@implementer(IPeerLinkObserver)
+class _Dialler:
+    """The primary's links on their way to its engine: tells a dial whether the engine answered its hello.
+
+    One dial is under way at a time (colod.retry), so one answer is awaited at a time.
+    """
+
+    def __init__(self, engine: IPeerLinkObserver) -> None:
+        self._engine = engine
+        self._link: PeerLink | None = None
+        self._answer: Deferred[None] | None = None
+
+    async def dial(self, connecting: Deferred[PeerLink]) -> None:
+        """Fire once the engine answered the hello of the link ``connecting`` makes; fail if it ends before.
+
+        Cancelled while the handshake is under way, the link is closed: the
+        engine never saw it.
+        """
+        self._answer = Deferred(lambda _: self._hang_up())
+        try:
+            self._link = await connecting
+            await self._answer
+        finally:
+            self._link = self._answer = None
+
+    def _hang_up(self) -> None:
+        if self._link is not None:
+            self._link.close()
+
+    def linkReady(self, link: PeerLink, peer: Hello) -> None:
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            answer.callback(None)
+        self._engine.linkReady(link, peer)
+
+    def recordReceived(self, link: PeerLink, record: Record) -> None:
+        self._engine.recordReceived(link, record)
+
+    def peerSilent(self, link: PeerLink, seconds: float) -> None:
+        self._engine.peerSilent(link, seconds)
+
+    def linkLost(self, link: PeerLink, reason: Failure) -> None:
+        answer = self._answer if link is self._link else None
+        if answer is not None:
+            self._answer = None
+            answer.errback(reason)
+        self._engine.linkLost(link, reason)
 
 
 async def _stop_listening(port: IListeningPort) -> None:
