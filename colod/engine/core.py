@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.engine.test_engines -*-
 """What the primary's and the secondary's engines share.
 
-Each engine is an automat state machine whose states and inputs are the
-protocol steps of xen-colo-protocol.md §3.4.  Around the machine sit three
-things that keep it honest:
+Each engine drives a typed state machine (colod.engine.machine) whose states
+and inputs are the protocol steps of xen-colo-protocol.md §3.4; the inputs
+both have, which the core feeds, are L{EngineInputs}, and what a side must
+add is L{EngineCore}'s abstract methods.  Around the machine sit three things
+that keep it honest:
 
 - the *inbox*: records from the peer wait there while a local step (a QMP
   call, sending a checkpoint) is under way, exactly as Xen leaves them unread
@@ -20,14 +22,17 @@ things that keep it honest:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar
 
 from automat import NoTransition
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -75,12 +80,41 @@ def record_name(record: Record) -> str:
     return f"{name}({state_id.name})" if state_id is not None else name
 
 
+class EngineInputs(Protocol):
+    """The inputs of both engines' machines that the core feeds."""
+
+    def link_ready(self) -> None:
+        """A peer is linked (NoTransition: this side takes none now)."""
+
+    def step_failed(self, reason: Failure) -> None:
+        """A local step failed (a QMP call, a device, the guest)."""
+
+    def qemu_lost(self, reason: str) -> None:
+        """The QMP connection to this node's QEMU is gone."""
+
+    def stop(self) -> None:
+        """colod is stopping (NoTransition: it already is)."""
+
+
+Inputs = TypeVar("Inputs", bound=EngineInputs)
+Name = TypeVar("Name", bound=StrEnum)
+
+
 @implementer(IPeerLinkObserver)
-class EngineCore:
-    """The link, inbox, step runner and status of one domain's engine; subclasses add the machine."""
+class EngineCore(ABC, Generic[Inputs, Name]):
+    """The link, inbox, step runner and status of one domain's engine; subclasses add the machine.
+
+    A subclass starts its machine in C{__init__} (C{self.machine}, which also
+    names the state it is in: C{self.state}) and says how a record and the
+    peer's loss become its inputs.
+    """
 
     log = Logger()
     role: str
+    #: The engine's machine: feed it inputs, never ask it where it is.
+    machine: Inputs
+    #: The name of the machine's state, for status.json and the log.
+    state: Name
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
                  clock: IReactorTime, status: StatusFile, qmp: QMPConnection | None) -> None:
@@ -91,8 +125,9 @@ class EngineCore:
         self.qmp = qmp
         self.clock = clock
         self.status_file = status
-        self.state = "starting"
         self.checkpoints = 0
+        #: Whether the guest is protected: a checkpoint completed, and nothing lost since.
+        self.protected = False
         self.error: str | None = None
         self.pauses = PauseStats()
         self.link: PeerLink | None = None
@@ -100,21 +135,35 @@ class EngineCore:
         self._busy = False
         self._epoch = 0
         self._tail: Deferred[None] = succeed(None)
-        self.setTrace(self._traced)  # type: ignore[attr-defined]
+
+    # -- what each side adds ---------------------------------------------------
+
+    @abstractmethod
+    def record_input(self, record: Record) -> bool:
+        """Feed one record to the machine as its input; False (or NoTransition) if none fits."""
+
+    @abstractmethod
+    def lost(self, reason: Failure) -> None:
+        """The peer is gone, or ended replication, or broke the protocol: feed the side's input for it."""
 
     # -- the machine's surroundings ------------------------------------------
 
-    def _traced(self, old: str, event: str, new: str) -> None:
-        self.state = new
-
     def run_step(self, step: Callable[[], Awaitable[Any]], done: Callable[[], None]) -> None:
         """Run ``step`` (a coroutine function, or one returning a Deferred) after any step under
-        way; feed ``done`` (or step_failed, or qemu_lost) when it ends."""
+        way; feed ``done`` (or step_failed, or qemu_lost) when it ends.
+
+        A step that ends at once ended inside the transition that started it,
+        where the machine would take an input only after that transition, and
+        the records after it too soon: its end is fed on the clock's next turn.
+        """
         epoch = self._epoch
 
         def start(_: object) -> Deferred[Any]:
             self._busy = True
-            return maybeDeferred(step).addCallbacks(finished, failed)
+            result = maybeDeferred(step)
+            if result.called:
+                result = deferLater(self.clock, 0, lambda ended: ended, result)
+            return result.addCallbacks(finished, failed)
 
         def finished(_: object) -> None:
             self._feed(epoch, done)
@@ -126,9 +175,9 @@ class EngineCore:
             if failure.check(QMPDisconnected) or (self.qmp is not None and not self.qmp.connected):
                 # Not a failure of the step: the guest's QEMU is gone (the
                 # connection's own loss may be reported a moment later).
-                self._feed(epoch, lambda: self.qemu_lost(failure.getErrorMessage()))  # type: ignore[attr-defined]
+                self._feed(epoch, lambda: self.machine.qemu_lost(failure.getErrorMessage()))
             else:
-                self._feed(epoch, lambda: self.step_failed(failure))  # type: ignore[attr-defined]
+                self._feed(epoch, lambda: self.machine.step_failed(failure))
 
         self._tail.addCallback(start)
 
@@ -145,12 +194,16 @@ class EngineCore:
     def shutdown(self) -> Deferred[None]:
         """colod is stopping: end replication as this side must; fires once no step is left."""
         try:
-            self.stop()  # type: ignore[attr-defined]
+            self.machine.stop()
         except NoTransition:
             pass  # already stopping or stopped
         d: Deferred[None] = Deferred()
         self._tail.addCallback(lambda _: d.callback(None))
         return d
+
+    def qemu_lost(self, reason: str) -> None:
+        """The QMP connection to this node's QEMU is gone (the domain's service says so)."""
+        self.machine.qemu_lost(reason)
 
     def new_epoch(self) -> None:
         """The peer is gone: what its records and our steps for it would have led to no longer counts."""
@@ -166,12 +219,13 @@ class EngineCore:
             except NoTransition:
                 known = False
             if not known:
-                self.violation(f"{record_name(record)} is not allowed while {self.state.replace('_', ' ')}")
+                self.violation(f"{record_name(record)} is not allowed while {self.doing}")
                 return
 
-    def record_input(self, record: Record) -> bool:
-        """Feed one record to the machine as its input; False (or NoTransition) if none fits."""
-        raise NotImplementedError
+    @property
+    def doing(self) -> str:
+        """The state's name in words, for messages."""
+        return self.state.value.replace("_", " ")
 
     def violation(self, reason: str | ProtocolViolation) -> None:
         """The peer broke the protocol: tell it, close the link, and end replication."""
@@ -192,15 +246,11 @@ class EngineCore:
         p50, p99 = self.pauses.percentile(50), self.pauses.percentile(99)
         last = self.pauses.recent[-1].seconds if self.pauses.recent else None
         self.status_file.write({
-            "domain": self.domain.name, "node": self.node, "role": self.role, "state": self.state,
-            "protected": self.is_protected, "checkpoints": self.checkpoints,
+            "domain": self.domain.name, "node": self.node, "role": self.role, "state": self.state.value,
+            "protected": self.protected, "checkpoints": self.checkpoints,
             "last_pause_ms": _ms(last), "pause_p50_ms": _ms(p50), "pause_p99_ms": _ms(p99),
             "failed_over": False, "error": self.error, "guest": self.guest.description, **extra,
         })
-
-    @property
-    def is_protected(self) -> bool:
-        raise NotImplementedError
 
     # -- IPeerLinkObserver -----------------------------------------------------
 
@@ -210,10 +260,10 @@ class EngineCore:
             return
         try:
             self.link = link
-            self.link_ready()  # type: ignore[attr-defined]
+            self.machine.link_ready()
         except NoTransition:
             self.link = None
-            link.refuse(f"domain {self.domain.name} is {self.state.replace('_', ' ')}")
+            link.refuse(f"domain {self.domain.name} is {self.doing}")
             return
         self.log.info("domain {domain}: linked with {role} {peer} at {address}", domain=self.domain.name,
                       role=peer.role.value, peer=peer.node, address=link.peer_address)
@@ -239,10 +289,6 @@ class EngineCore:
             # failed was logged by the link, with the remote address.
             self.log.info("domain {domain}: the link with {address}, given up earlier, is closed",
                           domain=self.domain.name, address=link.peer_address)
-
-    def lost(self, reason: Failure) -> None:
-        """The peer is gone, or ended replication, or broke the protocol: the side's own response."""
-        raise NotImplementedError
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.engine.test_engines -*-
+# -*- test-case-name: tests.engine.test_transitions, tests.engine.test_engines -*-
 """The primary's checkpoint engine (libxl_colo_save.c's part of xen-colo-protocol.md §3.4).
 
 One round: wait for a reason to checkpoint (the interval, or a request);
@@ -20,16 +20,18 @@ detached, the guest resumes if it was suspended, and runs on unprotected.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Protocol
 
-from automat import MethodicalMachine
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
-from colod.engine.core import EngineCore, describe
+from colod.engine.core import EngineCore, EngineInputs, describe
+from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import Pause, StatusFile
 from colod.guest.interfaces import IGuestEngine
 from colod.protocol import (
@@ -44,16 +46,75 @@ from colod.protocol import (
 )
 from colod.qmp import QMPConnection
 
-_BACK_CHANNEL_INPUTS = {
-    CheckpointId.SVM_SUSPENDED: "svm_suspended",
-    CheckpointId.SVM_READY: "svm_ready",
-    CheckpointId.SVM_RESUMED: "svm_resumed",
+
+class PrimaryState(StrEnum):
+    """The primary's states, by the names status.json and the log give them."""
+
+    WAITING_FOR_SECONDARY = "waiting_for_secondary"
+    SENDING_FIRST_COPY = "sending_first_copy"
+    AWAITING_SVM_READY = "awaiting_svm_ready"
+    RESUMING = "resuming"
+    AWAITING_SVM_RESUMED = "awaiting_svm_resumed"
+    PROTECTED = "protected"
+    SUSPENDING = "suspending"
+    AWAITING_SVM_SUSPENDED = "awaiting_svm_suspended"
+    AWAITING_DIRTY_PFNS = "awaiting_dirty_pfns"
+    SENDING_CHECKPOINT = "sending_checkpoint"
+    DROPPING_SECONDARY = "dropping_secondary"
+    UNPROTECTED = "unprotected"
+    GUEST_LOST = "guest_lost"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class PrimaryInputs(EngineInputs, Protocol):
+    """What moves the primary's machine: the secondary's records, its steps' ends, time and requests."""
+
+    def first_copy_sent(self) -> None:
+        """The first round's checkpoint is written."""
+
+    def svm_ready(self) -> None:
+        """CHECKPOINT_STATE(SVM_READY) arrived."""
+
+    def resumed(self) -> None:
+        """The guest runs again."""
+
+    def svm_resumed(self) -> None:
+        """CHECKPOINT_STATE(SVM_RESUMED) arrived."""
+
+    def checkpoint_due(self) -> None:
+        """The interval passed since the last checkpoint ended."""
+
+    def checkpoint_requested(self, waiter: Deferred[int]) -> None:
+        """Someone asked for a checkpoint (L{PrimaryEngine.request_checkpoint})."""
+
+    def suspended(self) -> None:
+        """The guest is suspended and the devices were checked."""
+
+    def svm_suspended(self) -> None:
+        """CHECKPOINT_STATE(SVM_SUSPENDED) arrived."""
+
+    def dirty_pfn_list(self, record: CheckpointDirtyPfnList) -> None:
+        """CHECKPOINT_DIRTY_PFN_LIST arrived."""
+
+    def checkpoint_sent(self) -> None:
+        """A later round's checkpoint is written."""
+
+    def secondary_lost(self, reason: Failure) -> None:
+        """The link ended, the secondary went silent, ended replication or broke the protocol."""
+
+    def dropped(self) -> None:
+        """Replication is detached and the guest runs."""
+
+    def stop_done(self) -> None:
+        """The stop's cleanup finished."""
+
+
+_BACK_CHANNEL_INPUTS: dict[CheckpointId, Callable[[PrimaryInputs], None]] = {
+    CheckpointId.SVM_SUSPENDED: lambda machine: machine.svm_suspended(),
+    CheckpointId.SVM_READY: lambda machine: machine.svm_ready(),
+    CheckpointId.SVM_RESUMED: lambda machine: machine.svm_resumed(),
 }
-
-
-_PROTECTED = frozenset({
-    "protected", "suspending", "awaiting_svm_suspended", "awaiting_dirty_pfns", "sending_checkpoint",
-    "awaiting_svm_ready", "resuming", "awaiting_svm_resumed"})
 
 
 class CheckpointOverdue(Exception):
@@ -64,12 +125,11 @@ class CheckpointRefused(Exception):
     """A requested checkpoint cannot happen: the domain is not protected."""
 
 
-class PrimaryEngine(EngineCore):
+class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
     """Checkpoints one domain's guest to the secondary until one of them is gone."""
 
     role = "primary"
-    _machine = MethodicalMachine()
-    setTrace = _machine._setTrace
+    qmp: QMPConnection
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
                  clock: IReactorTime, status: StatusFile, qmp: QMPConnection, *, interval: float,
@@ -80,15 +140,13 @@ class PrimaryEngine(EngineCore):
         #: heartbeats but never answers must not keep the guest suspended.
         self.checkpoint_timeout = checkpoint_timeout
         self._overdue: IDelayedCall | None = None
-        self._timer: IDelayedCall | None = None
         self._requested: list[Deferred[int]] = []
         self._in_flight: list[Deferred[int]] = []
         self._first = True
         self._suspended = False
-        self._secondary_dirty = CheckpointDirtyPfnList()
         self._emulator: Sequence[Record] = ()
         self._pause_began = (0.0, 0.0, 0.0)
-        self.state = "waiting_for_secondary"
+        self.machine = start_primary(self)
 
     # -- API -------------------------------------------------------------------
 
@@ -100,154 +158,24 @@ class PrimaryEngine(EngineCore):
         is gone.
         """
         d: Deferred[int] = Deferred()
-        if self.state in ("dropping_secondary", "unprotected", "guest_lost", "stopped"):
-            d.errback(CheckpointRefused(f"domain {self.domain.name} is not protected ({self.state})"))
-            return d
-        self._requested.append(d)
-        if self.state == "protected":
-            self.checkpoint_due()
+        self.machine.checkpoint_requested(d)
         return d
 
-    @property
-    def is_protected(self) -> bool:
-        return self.checkpoints > 0 and self.state in _PROTECTED
+    # -- EngineCore ------------------------------------------------------------
 
-    # -- states ----------------------------------------------------------------
+    def record_input(self, record: Record) -> bool:
+        if isinstance(record, CheckpointDirtyPfnList):
+            self.machine.dirty_pfn_list(record)
+        elif isinstance(record, CheckpointState) and record.id in _BACK_CHANNEL_INPUTS:
+            _BACK_CHANNEL_INPUTS[record.id](self.machine)
+        else:
+            return False
+        return True
 
-    @_machine.state(initial=True)
-    def waiting_for_secondary(self) -> None:
-        """No secondary yet: the guest runs unprotected."""
+    def lost(self, reason: Failure) -> None:
+        self.machine.secondary_lost(reason)
 
-    @_machine.state()
-    def sending_first_copy(self) -> None:
-        """All of the guest goes to the secondary (the first round): what can be copied while it
-        runs, then the rest with the guest suspended."""
-
-    @_machine.state()
-    def awaiting_svm_ready(self) -> None:
-        """The checkpoint is sent; the secondary is applying it."""
-
-    @_machine.state()
-    def resuming(self) -> None:
-        """Devices preresume (first: start replication), then the guest resumes."""
-
-    @_machine.state()
-    def awaiting_svm_resumed(self) -> None:
-        """The guest runs again; the secondary confirms its side."""
-
-    @_machine.state()
-    def protected(self) -> None:
-        """Between checkpoints: the guest runs, protected up to the last checkpoint."""
-
-    @_machine.state()
-    def suspending(self) -> None:
-        """NEW is sent; the guest is being suspended and the devices checked."""
-
-    @_machine.state()
-    def awaiting_svm_suspended(self) -> None:
-        """Waiting for the secondary to suspend its side."""
-
-    @_machine.state()
-    def awaiting_dirty_pfns(self) -> None:
-        """Waiting for the pages the secondary's guest dirtied."""
-
-    @_machine.state()
-    def sending_checkpoint(self) -> None:
-        """Pages, CHECKPOINT, device state and CHECKPOINT_END are going out."""
-
-    @_machine.state()
-    def dropping_secondary(self) -> None:
-        """The secondary is gone: replication is detached and the guest resumes."""
-
-    @_machine.state()
-    def unprotected(self) -> None:
-        """The guest runs without a secondary."""
-
-    @_machine.state()
-    def guest_lost(self) -> None:
-        """The guest's QEMU is gone: there is nothing left to protect."""
-
-    @_machine.state()
-    def stopping(self) -> None:
-        """colod is stopping: the secondary is told, replication detached, the guest kept running."""
-
-    @_machine.state()
-    def stopped(self) -> None:
-        """colod has stopped protecting the domain; the guest runs on."""
-
-    # -- inputs ----------------------------------------------------------------
-
-    @_machine.input()
-    def link_ready(self) -> None:
-        """The secondary is linked."""
-
-    @_machine.input()
-    def first_copy_sent(self) -> None:
-        """The first round's checkpoint is written."""
-
-    @_machine.input()
-    def svm_ready(self) -> None:
-        """CHECKPOINT_STATE(SVM_READY) arrived."""
-
-    @_machine.input()
-    def resumed(self) -> None:
-        """The guest runs again."""
-
-    @_machine.input()
-    def svm_resumed(self) -> None:
-        """CHECKPOINT_STATE(SVM_RESUMED) arrived."""
-
-    @_machine.input()
-    def checkpoint_due(self) -> None:
-        """The interval passed, or a checkpoint was requested."""
-
-    @_machine.input()
-    def suspended(self) -> None:
-        """The guest is suspended and the devices were checked."""
-
-    @_machine.input()
-    def svm_suspended(self) -> None:
-        """CHECKPOINT_STATE(SVM_SUSPENDED) arrived."""
-
-    @_machine.input()
-    def dirty_pfn_list(self, record: CheckpointDirtyPfnList) -> None:
-        """CHECKPOINT_DIRTY_PFN_LIST arrived."""
-
-    @_machine.input()
-    def checkpoint_sent(self) -> None:
-        """A later round's checkpoint is written."""
-
-    @_machine.input()
-    def secondary_lost(self, reason: Failure) -> None:
-        """The link ended, the secondary went silent, ended replication or broke the protocol."""
-
-    @_machine.input()
-    def step_failed(self, reason: Failure) -> None:
-        """A local step failed (a QMP call, a device, the guest)."""
-
-    @_machine.input()
-    def dropped(self) -> None:
-        """Replication is detached and the guest runs."""
-
-    @_machine.input()
-    def qemu_lost(self, reason: str) -> None:
-        """The QMP connection to the guest's QEMU is gone."""
-
-    @_machine.input()
-    def stop(self) -> None:
-        """colod is stopping."""
-
-    @_machine.input()
-    def stop_done(self) -> None:
-        """The stop's cleanup finished."""
-
-    # -- outputs ---------------------------------------------------------------
-
-    @_machine.output()
-    def _send_first_copy(self) -> None:
-        self.log.info("domain {domain}: first checkpoint: copying the guest while it runs, then "
-                      "suspending it and sending the rest", domain=self.domain.name)
-        self.run_step(self._first_copy, self.first_copy_sent)
+    # -- steps -----------------------------------------------------------------
 
     async def _first_copy(self) -> None:
         self._send_live(LibxcContext())
@@ -264,10 +192,6 @@ class PrimaryEngine(EngineCore):
         if self.link is not None:
             self.link.sendRecord(record)
 
-    @_machine.output()
-    def _resume_guest(self) -> None:
-        self.run_step(self._resume, self.resumed)
-
     async def _resume(self) -> None:
         if self._first:
             await self.devices.setup()
@@ -278,104 +202,19 @@ class PrimaryEngine(EngineCore):
         self._end_pause()
         await self.devices.commit()
 
-    @_machine.output()
-    def _checkpoint_done(self) -> None:
-        if self._overdue is not None and self._overdue.active():
-            self._overdue.cancel()
-        self._overdue = None
-        self.checkpoints += 1
-        if self.checkpoints == 1:
-            self.log.info("domain {domain}: protected: first checkpoint complete", domain=self.domain.name)
-        self.publish()
-        self._timer = self.clock.callLater(0 if self._requested else self.interval, self.checkpoint_due)
-        # Last: a waiter may ask for the next checkpoint right away.
-        done, self._in_flight = self._in_flight, []
-        for d in done:
-            d.callback(self.checkpoints)
-
-    @_machine.output()
-    def _begin_checkpoint(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._in_flight, self._requested = self._requested, []
-        self._begin_pause()
-        self.link.sendRecord(CheckpointState(CheckpointId.NEW))  # type: ignore[union-attr]
-        self.run_step(self._suspend, self.suspended)
-
     async def _suspend(self) -> None:
         await self._suspend_guest()
         await self.devices.postsuspend()
 
-    @_machine.output()
-    def _keep_dirty_pfns(self, record: CheckpointDirtyPfnList) -> None:
-        self._secondary_dirty = record
-
-    @_machine.output()
-    def _send_checkpoint(self) -> None:
-        self.run_step(self._checkpoint, self.checkpoint_sent)
-
-    async def _checkpoint(self) -> None:
-        records = await self.guest.checkpoint_records(self._secondary_dirty)
+    async def _checkpoint(self, secondary_dirty: CheckpointDirtyPfnList) -> None:
+        records = await self.guest.checkpoint_records(secondary_dirty)
         await self._send_checkpoint_records(records)
-
-    @_machine.output()
-    def _drop_secondary(self, reason: Failure) -> None:
-        self._end(f"replication ended: {describe(reason)}", ReplicationEndReason.PROTOCOL_ERROR)
-        self.run_step(self._drop, self.dropped)
-
-    @_machine.output()
-    def _give_up(self, reason: Failure) -> None:
-        self._end(f"replication failed here: {reason.getErrorMessage()}", ReplicationEndReason.LOCAL_FAILURE)
-        self.run_step(self._drop, self.dropped)
 
     async def _drop(self) -> None:
         try:
             await self.devices.drop_secondary()
         finally:
             await self._resume_if_suspended()
-
-    @_machine.output()
-    def _drop_failed(self, reason: Failure) -> None:
-        self.cleanup_failed("detaching the secondary's replication", reason)
-
-    @_machine.output()
-    def _stop_failed(self, reason: Failure) -> None:
-        self.cleanup_failed("detaching replication at stop", reason)
-
-    @_machine.output()
-    def _report_unprotected(self) -> None:
-        self.log.warn("domain {domain}: running UNPROTECTED after {n} checkpoints: {why}",
-                      domain=self.domain.name, n=self.checkpoints, why=self.error)
-        self.publish()
-
-    @_machine.output()
-    def _abandon(self, reason: str) -> None:
-        """The guest is gone: close the link so that the secondary takes over at once."""
-        self.error = f"the guest's QEMU is gone: {reason}"
-        self.log.error("domain {domain}: {error}; closing the link so that the secondary takes over",
-                       domain=self.domain.name, error=self.error)
-        self._cancel()
-        link, self.link = self.link, None
-        if link is not None:
-            link.close()
-        self.new_epoch()
-        self.publish()
-
-    @_machine.output()
-    def _ignore_loss(self, reason: Failure) -> None:
-        self.log.info("domain {domain}: (already unprotected) {why}", domain=self.domain.name,
-                      why=describe(reason))
-
-    @_machine.output()
-    def _begin_stop(self) -> None:
-        self.error = "colod stopped; the guest runs on unprotected"
-        link, self.link = self.link, None
-        if link is not None:
-            link.end(ReplicationEndReason.SHUTDOWN, "colod on the primary is stopping; its guest runs on")
-        self._cancel()
-        self.new_epoch()
-        self.run_step(self._stop_cleanup, self.stop_done)
 
     async def _stop_cleanup(self) -> None:
         try:
@@ -388,62 +227,6 @@ class PrimaryEngine(EngineCore):
         if self._suspended:
             await self.guest.resume()
             self._suspended = False
-
-    @_machine.output()
-    def _stopped(self) -> None:
-        self.publish()
-
-    # -- transitions -----------------------------------------------------------
-
-    waiting_for_secondary.upon(link_ready, enter=sending_first_copy, outputs=[_send_first_copy])
-    sending_first_copy.upon(first_copy_sent, enter=awaiting_svm_ready, outputs=[])
-    awaiting_svm_ready.upon(svm_ready, enter=resuming, outputs=[_resume_guest])
-    resuming.upon(resumed, enter=awaiting_svm_resumed, outputs=[])
-    awaiting_svm_resumed.upon(svm_resumed, enter=protected, outputs=[_checkpoint_done])
-    protected.upon(checkpoint_due, enter=suspending, outputs=[_begin_checkpoint])
-    suspending.upon(suspended, enter=awaiting_svm_suspended, outputs=[])
-    awaiting_svm_suspended.upon(svm_suspended, enter=awaiting_dirty_pfns, outputs=[])
-    awaiting_dirty_pfns.upon(dirty_pfn_list, enter=sending_checkpoint,
-                             outputs=[_keep_dirty_pfns, _send_checkpoint])
-    sending_checkpoint.upon(checkpoint_sent, enter=awaiting_svm_ready, outputs=[])
-
-    for _state in (sending_first_copy, awaiting_svm_ready, resuming, awaiting_svm_resumed, protected,
-                   suspending, awaiting_svm_suspended, awaiting_dirty_pfns, sending_checkpoint):
-        _state.upon(secondary_lost, enter=dropping_secondary, outputs=[_drop_secondary])
-        _state.upon(step_failed, enter=dropping_secondary, outputs=[_give_up])
-        _state.upon(qemu_lost, enter=guest_lost, outputs=[_abandon])
-        _state.upon(stop, enter=stopping, outputs=[_begin_stop])
-
-    dropping_secondary.upon(dropped, enter=unprotected, outputs=[_report_unprotected])
-    dropping_secondary.upon(step_failed, enter=unprotected, outputs=[_drop_failed, _report_unprotected])
-    for _state in (dropping_secondary, unprotected):
-        _state.upon(secondary_lost, enter=_state, outputs=[_ignore_loss])
-        _state.upon(qemu_lost, enter=guest_lost, outputs=[_abandon])
-        _state.upon(stop, enter=stopping, outputs=[_begin_stop])
-    del _state
-    waiting_for_secondary.upon(qemu_lost, enter=guest_lost, outputs=[_abandon])
-    waiting_for_secondary.upon(stop, enter=stopping, outputs=[_begin_stop])
-    guest_lost.upon(secondary_lost, enter=guest_lost, outputs=[])
-    guest_lost.upon(qemu_lost, enter=guest_lost, outputs=[])
-    guest_lost.upon(stop, enter=stopped, outputs=[_stopped])
-    stopping.upon(stop_done, enter=stopped, outputs=[_stopped])
-    stopping.upon(step_failed, enter=stopped, outputs=[_stop_failed, _stopped])
-    stopping.upon(secondary_lost, enter=stopping, outputs=[])
-    stopping.upon(qemu_lost, enter=stopping, outputs=[])
-
-    # -- helpers ---------------------------------------------------------------
-
-    def record_input(self, record: Record) -> bool:
-        if isinstance(record, CheckpointDirtyPfnList):
-            self.dirty_pfn_list(record)
-        elif isinstance(record, CheckpointState) and record.id in _BACK_CHANNEL_INPUTS:
-            getattr(self, _BACK_CHANNEL_INPUTS[record.id])()
-        else:
-            return False
-        return True
-
-    def lost(self, reason: Failure) -> None:
-        self.secondary_lost(reason)
 
     async def _suspend_guest(self) -> None:
         """Suspend and save the device model's state, as Xen's suspend callback does: the
@@ -459,13 +242,15 @@ class PrimaryEngine(EngineCore):
         for record in (*records, Checkpoint(), *self._emulator, CheckpointEnd()):
             link.sendRecord(record)
 
+    # -- helpers ---------------------------------------------------------------
+
     def _begin_pause(self) -> None:
         self._pause_began = (time.perf_counter(), self.qmp.busy_seconds, self.guest.copy_seconds)
         self._overdue = self.clock.callLater(self.checkpoint_timeout, self._checkpoint_overdue)
 
     def _checkpoint_overdue(self) -> None:
         self._overdue = None
-        self.secondary_lost(Failure(CheckpointOverdue(
+        self.machine.secondary_lost(Failure(CheckpointOverdue(
             f"checkpoint {self.checkpoints + 1} not complete after {self.checkpoint_timeout:g} s")))
 
     def _end_pause(self) -> None:
@@ -473,23 +258,209 @@ class PrimaryEngine(EngineCore):
         self.pauses.add(Pause(time.perf_counter() - began, self.qmp.busy_seconds - qmp,
                               self.guest.copy_seconds - copy))
 
+    def _cancel_overdue(self) -> None:
+        if self._overdue is not None and self._overdue.active():
+            self._overdue.cancel()
+        self._overdue = None
+
     def _end(self, error: str, code: ReplicationEndReason) -> None:
-        """Leave the protected states: stop the clock, tell the secondary (if it can hear), forget it."""
+        """Leave protection, tell the secondary (if it can hear) why, and forget it."""
         self.error = error
         self.log.error("domain {domain}: {error}", domain=self.domain.name, error=self.error)
-        self._cancel()
+        self._unprotect()
         link, self.link = self.link, None
         if link is not None:
             link.end(code, self.error)
         self.new_epoch()
 
-    def _cancel(self) -> None:
-        if self._overdue is not None and self._overdue.active():
-            self._overdue.cancel()
-        self._overdue = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+    def _unprotect(self) -> None:
+        """The guest is no longer protected: no checkpoint is running or will run."""
+        self.protected = False
+        self._cancel_overdue()
         waiting, self._requested, self._in_flight = self._requested + self._in_flight, [], []
         for d in waiting:
             d.errback(CheckpointRefused(f"domain {self.domain.name}: {self.error}"))
+
+
+# -- the machine ------------------------------------------------------------------
+#
+# Each behaviour below is named for its situation and serves the transitions
+# decorated on it; the states' names are PrimaryState's.
+
+_I, _S = PrimaryInputs, PrimaryState
+_machine: MachineBuilder[PrimaryInputs, PrimaryEngine, PrimaryState] = MachineBuilder(_I, PrimaryEngine)
+
+
+def _wait_interval(machine: PrimaryInputs, engine: PrimaryEngine) -> IDelayedCall:
+    """Protected: the next checkpoint is due after the interval (at once if one was asked for)."""
+    return engine.clock.callLater(0 if engine._requested else engine.interval, machine.checkpoint_due)
+
+
+def _cancel_call(call: IDelayedCall) -> None:
+    if call.active():
+        call.cancel()
+
+
+WaitingForSecondary = _machine.state(_S.WAITING_FOR_SECONDARY)
+SendingFirstCopy = _machine.state(_S.SENDING_FIRST_COPY)
+AwaitingSvmReady = _machine.state(_S.AWAITING_SVM_READY)
+Resuming = _machine.state(_S.RESUMING)
+AwaitingSvmResumed = _machine.state(_S.AWAITING_SVM_RESUMED)
+Protected = _machine.state(_S.PROTECTED, _wait_interval, _cancel_call)
+Suspending = _machine.state(_S.SUSPENDING)
+AwaitingSvmSuspended = _machine.state(_S.AWAITING_SVM_SUSPENDED)
+AwaitingDirtyPfns = _machine.state(_S.AWAITING_DIRTY_PFNS)
+SendingCheckpoint = _machine.state(_S.SENDING_CHECKPOINT)
+DroppingSecondary = _machine.state(_S.DROPPING_SECONDARY)
+Unprotected = _machine.state(_S.UNPROTECTED)
+GuestLost = _machine.state(_S.GUEST_LOST)
+Stopping = _machine.state(_S.STOPPING)
+Stopped = _machine.state(_S.STOPPED)
+
+#: A secondary is linked and a round may be under way: losing it drops it.
+_REPLICATING = (SendingFirstCopy, AwaitingSvmReady, Resuming, AwaitingSvmResumed, Protected, Suspending,
+                AwaitingSvmSuspended, AwaitingDirtyPfns, SendingCheckpoint)
+#: Where a requested checkpoint waits for its turn.
+_ROUND_UNDER_WAY = (WaitingForSecondary, *(state for state in _REPLICATING if state is not Protected))
+#: Where a requested checkpoint can no longer happen.
+_PAST_PROTECTION = (DroppingSecondary, Unprotected, GuestLost, Stopping, Stopped)
+
+# Behaviour-less transitions.
+_machine.upon(SendingFirstCopy, _I.first_copy_sent, AwaitingSvmReady)(nothing)
+_machine.upon(Resuming, _I.resumed, AwaitingSvmResumed)(nothing)
+_machine.upon(Suspending, _I.suspended, AwaitingSvmSuspended)(nothing)
+_machine.upon(AwaitingSvmSuspended, _I.svm_suspended, AwaitingDirtyPfns)(nothing)
+_machine.upon(SendingCheckpoint, _I.checkpoint_sent, AwaitingSvmReady)(nothing)
+_machine.upon(GuestLost, _I.secondary_lost)(nothing)
+_machine.upon((GuestLost, Stopping), _I.qemu_lost)(nothing)
+_machine.upon(Stopping, _I.secondary_lost)(nothing)
+
+
+@_machine.upon(WaitingForSecondary, _I.link_ready, SendingFirstCopy)
+def _send_first_copy(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    engine.log.info("domain {domain}: first checkpoint: copying the guest while it runs, then "
+                    "suspending it and sending the rest", domain=engine.domain.name)
+    engine.run_step(engine._first_copy, machine.first_copy_sent)
+
+
+@_machine.upon(AwaitingSvmReady, _I.svm_ready, Resuming)
+def _resume_guest(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    engine.run_step(engine._resume, machine.resumed)
+
+
+@_machine.upon(AwaitingSvmResumed, _I.svm_resumed, Protected)
+def _checkpoint_done(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    engine._cancel_overdue()
+    engine.checkpoints += 1
+    engine.protected = True
+    if engine.checkpoints == 1:
+        engine.log.info("domain {domain}: protected: first checkpoint complete", domain=engine.domain.name)
+    engine.publish()
+    # Last: a waiter may ask for the next checkpoint right away.
+    done, engine._in_flight = engine._in_flight, []
+    for d in done:
+        d.callback(engine.checkpoints)
+
+
+@_machine.upon(Protected, _I.checkpoint_due, Suspending)
+def _begin_checkpoint(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    engine._in_flight, engine._requested = engine._requested, []
+    engine._begin_pause()
+    assert engine.link is not None  # a lost link leaves Protected first
+    engine.link.sendRecord(CheckpointState(CheckpointId.NEW))
+    engine.run_step(engine._suspend, machine.suspended)
+
+
+@_machine.upon(Protected, _I.checkpoint_requested, Suspending)
+def _checkpoint_at_once(machine: PrimaryInputs, engine: PrimaryEngine, waiter: Deferred[int]) -> None:
+    engine._requested.append(waiter)
+    _begin_checkpoint(machine, engine)
+
+
+@_machine.upon(_ROUND_UNDER_WAY, _I.checkpoint_requested)
+def _keep_request(machine: PrimaryInputs, engine: PrimaryEngine, waiter: Deferred[int]) -> None:
+    engine._requested.append(waiter)
+
+
+@_machine.upon(_PAST_PROTECTION, _I.checkpoint_requested)
+def _refuse_request(machine: PrimaryInputs, engine: PrimaryEngine, waiter: Deferred[int]) -> None:
+    waiter.errback(CheckpointRefused(f"domain {engine.domain.name} is not protected ({engine.state})"))
+
+
+@_machine.upon(AwaitingDirtyPfns, _I.dirty_pfn_list, SendingCheckpoint)
+def _send_checkpoint(machine: PrimaryInputs, engine: PrimaryEngine, record: CheckpointDirtyPfnList) -> None:
+    engine.run_step(lambda: engine._checkpoint(record), machine.checkpoint_sent)
+
+
+@_machine.upon(_REPLICATING, _I.secondary_lost, DroppingSecondary)
+def _drop_secondary(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
+    engine._end(f"replication ended: {describe(reason)}", ReplicationEndReason.PROTOCOL_ERROR)
+    engine.run_step(engine._drop, machine.dropped)
+
+
+@_machine.upon(_REPLICATING, _I.step_failed, DroppingSecondary)
+def _give_up(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
+    engine._end(f"replication failed here: {reason.getErrorMessage()}", ReplicationEndReason.LOCAL_FAILURE)
+    engine.run_step(engine._drop, machine.dropped)
+
+
+@_machine.upon(DroppingSecondary, _I.dropped, Unprotected)
+def _report_unprotected(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    engine.log.warn("domain {domain}: running UNPROTECTED after {n} checkpoints: {why}",
+                    domain=engine.domain.name, n=engine.checkpoints, why=engine.error)
+    engine.publish()
+
+
+@_machine.upon(DroppingSecondary, _I.step_failed, Unprotected)
+def _drop_failed(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
+    engine.cleanup_failed("detaching the secondary's replication", reason)
+    _report_unprotected(machine, engine)
+
+
+@_machine.upon((DroppingSecondary, Unprotected), _I.secondary_lost)
+def _ignore_loss(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
+    engine.log.info("domain {domain}: (already unprotected) {why}", domain=engine.domain.name,
+                    why=describe(reason))
+
+
+@_machine.upon((WaitingForSecondary, *_REPLICATING, DroppingSecondary, Unprotected), _I.qemu_lost, GuestLost)
+def _abandon(machine: PrimaryInputs, engine: PrimaryEngine, reason: str) -> None:
+    """The guest is gone: close the link so that the secondary takes over at once."""
+    engine.error = f"the guest's QEMU is gone: {reason}"
+    engine.log.error("domain {domain}: {error}; closing the link so that the secondary takes over",
+                     domain=engine.domain.name, error=engine.error)
+    engine._unprotect()
+    link, engine.link = engine.link, None
+    if link is not None:
+        link.close()
+    engine.new_epoch()
+    engine.publish()
+
+
+@_machine.upon((WaitingForSecondary, *_REPLICATING, DroppingSecondary, Unprotected), _I.stop, Stopping)
+def _begin_stop(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    engine.error = "colod stopped; the guest runs on unprotected"
+    link, engine.link = engine.link, None
+    if link is not None:
+        link.end(ReplicationEndReason.SHUTDOWN, "colod on the primary is stopping; its guest runs on")
+    engine._unprotect()
+    engine.new_epoch()
+    engine.run_step(engine._stop_cleanup, machine.stop_done)
+
+
+@_machine.upon(GuestLost, _I.stop, Stopped)
+@_machine.upon(Stopping, _I.stop_done, Stopped)
+def _stopped(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    engine.publish()
+
+
+@_machine.upon(Stopping, _I.step_failed, Stopped)
+def _stop_failed(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
+    engine.cleanup_failed("detaching replication at stop", reason)
+    engine.publish()
+
+
+#: Starts the primary's machine for an engine.
+start_primary = _machine.build()
+#: Every transition of the primary's machine.
+TRANSITIONS = frozenset(_machine.transitions)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.engine.test_engines -*-
+# -*- test-case-name: tests.engine.test_transitions, tests.engine.test_engines -*-
 """The secondary's checkpoint engine (libxl_colo_restore.c's part of xen-colo-protocol.md §3.4).
 
 One round: read CHECKPOINT_STATE(NEW); suspend the guest, run the devices'
@@ -21,14 +21,17 @@ primary's guest may well be running.
 
 from __future__ import annotations
 
-from automat import MethodicalMachine
+from enum import StrEnum
+from typing import Protocol
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
 from colod.engine.checkpoint_buffer import CheckpointBuffer
-from colod.engine.core import EngineCore, ProtocolViolation, describe
+from colod.engine.core import EngineCore, EngineInputs, ProtocolViolation, describe
+from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import StatusFile
 from colod.guest.interfaces import IGuestEngine
 from colod.protocol import (
@@ -50,12 +53,61 @@ from colod.qmp import QMPConnection
 _NO_TAKEOVER = (PeerEndedReplication, ProtocolViolation, StreamError, HandshakeError)
 
 
-class SecondaryEngine(EngineCore):
+class SecondaryState(StrEnum):
+    """The secondary's states, by the names status.json and the log give them."""
+
+    WAITING_FOR_PRIMARY = "waiting_for_primary"
+    RECEIVING_FIRST_CHECKPOINT = "receiving_first_checkpoint"
+    APPLYING = "applying"
+    RESUMING = "resuming"
+    RUNNING = "running"
+    SUSPENDING = "suspending"
+    RECEIVING_CHECKPOINT = "receiving_checkpoint"
+    FAILING_OVER = "failing_over"
+    PRIMARY_UNPROTECTED = "primary_unprotected"
+    FAILOVER_FAILED = "failover_failed"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+class SecondaryInputs(EngineInputs, Protocol):
+    """What moves the secondary's machine: the primary's records, its steps' ends, and the primary's loss."""
+
+    def stream_record(self, record: Record) -> None:
+        """A record of the checkpoint being received."""
+
+    def checkpoint_end(self) -> None:
+        """CHECKPOINT_END arrived: the checkpoint is complete."""
+
+    def applied(self) -> None:
+        """The checkpoint is applied."""
+
+    def resumed(self) -> None:
+        """SVM_READY and SVM_RESUMED are sent."""
+
+    def new_checkpoint(self) -> None:
+        """CHECKPOINT_STATE(NEW) arrived."""
+
+    def suspended(self) -> None:
+        """SVM_SUSPENDED and the dirty pages are sent."""
+
+    def primary_lost(self, reason: Failure) -> None:
+        """The link closed or broke, or the primary went silent."""
+
+    def replication_ended(self, reason: Failure) -> None:
+        """The primary ended replication, or broke the protocol."""
+
+    def taken_over(self) -> None:
+        """The guest runs here."""
+
+    def torn_down(self) -> None:
+        """Replication is torn down."""
+
+
+class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
     """Keeps the standby copy of one domain, and takes over when the primary is gone."""
 
     role = "secondary"
-    _machine = MethodicalMachine()
-    setTrace = _machine._setTrace
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
                  clock: IReactorTime, status: StatusFile, qmp: QMPConnection | None) -> None:
@@ -63,279 +115,9 @@ class SecondaryEngine(EngineCore):
         # An engine that does not know its guest's size (a Xen guest's pfns are not its size) has none.
         self._buffer = CheckpointBuffer(getattr(guest, "memory_pages", None))
         self._first = True
-        self.state = "waiting_for_primary"
+        self.machine = start_secondary(self)
 
-    @property
-    def is_protected(self) -> bool:
-        return self.checkpoints > 0 and self.state in (
-            "applying", "resuming", "running", "suspending", "receiving_checkpoint")
-
-    # -- states ----------------------------------------------------------------
-
-    @_machine.state(initial=True)
-    def waiting_for_primary(self) -> None:
-        """No primary linked, or none has completed a checkpoint: nothing to take over."""
-
-    @_machine.state()
-    def receiving_first_checkpoint(self) -> None:
-        """The whole guest is arriving; buffered until CHECKPOINT_END."""
-
-    @_machine.state()
-    def applying(self) -> None:
-        """A complete checkpoint is being applied: memory, device state, disks."""
-
-    @_machine.state()
-    def resuming(self) -> None:
-        """SVM_READY is sent; the guest resumes (its device model stays stopped), then SVM_RESUMED."""
-
-    @_machine.state()
-    def running(self) -> None:
-        """Between checkpoints, waiting for CHECKPOINT_STATE(NEW)."""
-
-    @_machine.state()
-    def suspending(self) -> None:
-        """Suspending the guest, checking the devices, sending SVM_SUSPENDED and the dirty pages."""
-
-    @_machine.state()
-    def receiving_checkpoint(self) -> None:
-        """A checkpoint is arriving; buffered until CHECKPOINT_END."""
-
-    @_machine.state()
-    def failing_over(self) -> None:
-        """The primary is gone: disks fail over, the guest is loaded from the last checkpoint."""
-
-    @_machine.state()
-    def primary_unprotected(self) -> None:
-        """This node took over: it runs the guest, as a primary without a secondary."""
-
-    @_machine.state()
-    def failover_failed(self) -> None:
-        """Taking over failed; the log says why."""
-
-    @_machine.state()
-    def ending(self) -> None:
-        """Replication ends without a takeover: devices are torn down."""
-
-    @_machine.state()
-    def ended(self) -> None:
-        """Replication has ended; the primary keeps the guest."""
-
-    # -- inputs ----------------------------------------------------------------
-
-    @_machine.input()
-    def link_ready(self) -> None:
-        """A primary is linked."""
-
-    @_machine.input()
-    def stream_record(self, record: Record) -> None:
-        """A record of the checkpoint being received."""
-
-    @_machine.input()
-    def checkpoint_end(self) -> None:
-        """CHECKPOINT_END arrived: the checkpoint is complete."""
-
-    @_machine.input()
-    def applied(self) -> None:
-        """The checkpoint is applied."""
-
-    @_machine.input()
-    def resumed(self) -> None:
-        """SVM_READY and SVM_RESUMED are sent."""
-
-    @_machine.input()
-    def new_checkpoint(self) -> None:
-        """CHECKPOINT_STATE(NEW) arrived."""
-
-    @_machine.input()
-    def suspended(self) -> None:
-        """SVM_SUSPENDED and the dirty pages are sent."""
-
-    @_machine.input()
-    def primary_lost(self, reason: Failure) -> None:
-        """The link closed or broke, or the primary went silent."""
-
-    @_machine.input()
-    def replication_ended(self, reason: Failure) -> None:
-        """The primary ended replication, or broke the protocol."""
-
-    @_machine.input()
-    def step_failed(self, reason: Failure) -> None:
-        """A local step failed."""
-
-    @_machine.input()
-    def taken_over(self) -> None:
-        """The guest runs here."""
-
-    @_machine.input()
-    def torn_down(self) -> None:
-        """Replication is torn down."""
-
-    @_machine.input()
-    def qemu_lost(self, reason: str) -> None:
-        """The QMP connection to this node's QEMU is gone."""
-
-    @_machine.input()
-    def stop(self) -> None:
-        """colod is stopping."""
-
-    # -- outputs ---------------------------------------------------------------
-
-    @_machine.output()
-    def _buffer_record(self, record: Record) -> None:
-        self._buffer.add(record)
-
-    @_machine.output()
-    def _apply(self) -> None:
-        records = self._buffer.take()  # committed now: a loss of the primary from here on does not drop it
-        self.run_step(lambda: self._apply_checkpoint(records), self.applied)
-
-    async def _apply_checkpoint(self, records: list[Record]) -> None:
-        await self.guest.apply_checkpoint(records)
-        if self._first:
-            await self.devices.setup()
-            self._first = False
-        await self.devices.preresume()
-
-    @_machine.output()
-    def _resume(self) -> None:
-        self.run_step(self._resume_guest, self.resumed)
-
-    async def _resume_guest(self) -> None:
-        self._send(CheckpointState(CheckpointId.SVM_READY))
-        await self.guest.resume()
-        self._send(CheckpointState(CheckpointId.SVM_RESUMED))
-        await self.devices.commit()
-
-    @_machine.output()
-    def _checkpoint_done(self) -> None:
-        self.checkpoints += 1
-        if self.checkpoints == 1:
-            self.log.info("domain {domain}: standing by: first checkpoint applied", domain=self.domain.name)
-        self.publish()
-
-    @_machine.output()
-    def _suspend(self) -> None:
-        self.run_step(self._suspend_guest, self.suspended)
-
-    async def _suspend_guest(self) -> None:
-        await self.guest.suspend()
-        await self.devices.postsuspend()
-        self._send(CheckpointState(CheckpointId.SVM_SUSPENDED))
-        self._send(await self.guest.dirty_pfn_list())
-
-    @_machine.output()
-    def _forget_primary(self, reason: Failure) -> None:
-        self.log.warn("domain {domain}: the primary left before a checkpoint was complete ({why}); "
-                      "nothing to take over, waiting for a primary", domain=self.domain.name,
-                      why=describe(reason))
-        self.new_epoch()
-        self.publish()
-
-    @_machine.output()
-    def _take_over(self, reason: Failure) -> None:
-        self.error = f"primary lost: {describe(reason)}"
-        self.log.error("domain {domain}: {error}; taking over from checkpoint {n}",
-                       domain=self.domain.name, error=self.error, n=self.checkpoints)
-        self._leave(None)
-        self.run_step(self._failover, self.taken_over)
-
-    async def _failover(self) -> None:
-        await self.devices.failover()
-        await self.guest.take_over()
-
-    @_machine.output()
-    def _report_primary(self) -> None:
-        self.role = "primary"
-        self.log.warn("domain {domain}: FAILOVER done: this node is now the primary, UNPROTECTED; "
-                      "the guest runs from checkpoint {n}", domain=self.domain.name, n=self.checkpoints)
-        self.publish(failed_over=True)
-
-    @_machine.output()
-    def _report_failover_failed(self, reason: Failure) -> None:
-        self.error = f"{self.error}; taking over failed: {reason.getErrorMessage()}"
-        self.log.error("domain {domain}: {error}", domain=self.domain.name, error=self.error)
-        self.publish()
-
-    @_machine.output()
-    def _end_replication(self, reason: Failure) -> None:
-        self.error = f"replication ended: {describe(reason)}"
-        self.log.error("domain {domain}: {error}; not taking over", domain=self.domain.name, error=self.error)
-        self._leave(None)
-        self.run_step(self.devices.teardown, self.torn_down)
-
-    @_machine.output()
-    def _give_up(self, reason: Failure) -> None:
-        self.error = f"replication failed here: {reason.getErrorMessage()}"
-        self.log.error("domain {domain}: {error}; not taking over", domain=self.domain.name, error=self.error)
-        self._leave(ReplicationEndReason.LOCAL_FAILURE)
-        self.run_step(self.devices.teardown, self.torn_down)
-
-    @_machine.output()
-    def _qemu_gone(self, reason: str) -> None:
-        self.error = f"this node's QEMU is gone: {reason}"
-        self.log.error("domain {domain}: {error}; replication ends", domain=self.domain.name,
-                       error=self.error)
-        self._leave(ReplicationEndReason.LOCAL_FAILURE)
-
-    @_machine.output()
-    def _teardown_failed(self, reason: Failure) -> None:
-        self.cleanup_failed("tearing replication down", reason)
-
-    @_machine.output()
-    def _report_ended(self) -> None:
-        self.publish()
-
-    @_machine.output()
-    def _stop(self) -> None:
-        """Tell the primary, which drops this node and keeps its guest; undo replication here."""
-        self.error = "colod stopped"
-        self.log.info("domain {domain}: colod is stopping: replication ends", domain=self.domain.name)
-        self._leave(ReplicationEndReason.SHUTDOWN)
-        self.run_step(self.devices.teardown, self.torn_down)
-
-    @_machine.output()
-    def _stop_waiting(self) -> None:
-        self.error = "colod stopped"
-        self._leave(ReplicationEndReason.SHUTDOWN)
-
-    # -- transitions -----------------------------------------------------------
-
-    waiting_for_primary.upon(link_ready, enter=receiving_first_checkpoint, outputs=[])
-    receiving_first_checkpoint.upon(stream_record, enter=receiving_first_checkpoint, outputs=[_buffer_record])
-    receiving_first_checkpoint.upon(checkpoint_end, enter=applying, outputs=[_apply])
-    receiving_first_checkpoint.upon(primary_lost, enter=waiting_for_primary, outputs=[_forget_primary])
-    receiving_first_checkpoint.upon(replication_ended, enter=waiting_for_primary, outputs=[_forget_primary])
-    applying.upon(applied, enter=resuming, outputs=[_resume])
-    resuming.upon(resumed, enter=running, outputs=[_checkpoint_done])
-    running.upon(new_checkpoint, enter=suspending, outputs=[_suspend])
-    suspending.upon(suspended, enter=receiving_checkpoint, outputs=[])
-    receiving_checkpoint.upon(stream_record, enter=receiving_checkpoint, outputs=[_buffer_record])
-    receiving_checkpoint.upon(checkpoint_end, enter=applying, outputs=[_apply])
-
-    for _state in (applying, resuming, running, suspending, receiving_checkpoint):
-        _state.upon(stop, enter=ending, outputs=[_stop])
-        _state.upon(primary_lost, enter=failing_over, outputs=[_take_over])
-        _state.upon(replication_ended, enter=ending, outputs=[_end_replication])
-        _state.upon(step_failed, enter=ending, outputs=[_give_up])
-        _state.upon(qemu_lost, enter=ended, outputs=[_qemu_gone])
-    del _state
-    for _state in (waiting_for_primary, receiving_first_checkpoint):
-        _state.upon(qemu_lost, enter=ended, outputs=[_qemu_gone])
-        _state.upon(stop, enter=ended, outputs=[_stop_waiting])
-    del _state
-
-    failing_over.upon(taken_over, enter=primary_unprotected, outputs=[_report_primary])
-    failing_over.upon(step_failed, enter=failover_failed, outputs=[_report_failover_failed])
-    ending.upon(torn_down, enter=ended, outputs=[_report_ended])
-    ending.upon(step_failed, enter=ended, outputs=[_teardown_failed, _report_ended])
-    for _state in (failing_over, primary_unprotected, failover_failed, ending, ended):
-        _state.upon(primary_lost, enter=_state, outputs=[])
-        _state.upon(replication_ended, enter=_state, outputs=[])
-        _state.upon(qemu_lost, enter=_state, outputs=[])
-        _state.upon(stop, enter=_state, outputs=[])
-    del _state
-
-    # -- helpers ---------------------------------------------------------------
+    # -- EngineCore ------------------------------------------------------------
 
     def recordReceived(self, link: PeerLink, record: Record) -> None:
         """Refuse a record the checkpoint cannot hold as it arrives, before it waits in the inbox."""
@@ -354,22 +136,49 @@ class SecondaryEngine(EngineCore):
     def record_input(self, record: Record) -> bool:
         self._buffer.delivered(record)
         if isinstance(record, CheckpointEnd):
-            self.checkpoint_end()
+            self.machine.checkpoint_end()
         elif isinstance(record, CheckpointState):
             if record.id is not CheckpointId.NEW:
                 return False
-            self.new_checkpoint()
+            self.machine.new_checkpoint()
         elif isinstance(record, LibxcEnd | End):
             return False
         else:
-            self.stream_record(record)
+            self.machine.stream_record(record)
         return True
 
     def lost(self, reason: Failure) -> None:
         if reason.check(*_NO_TAKEOVER):
-            self.replication_ended(reason)
+            self.machine.replication_ended(reason)
         else:
-            self.primary_lost(reason)
+            self.machine.primary_lost(reason)
+
+    # -- steps -----------------------------------------------------------------
+
+    async def _apply_checkpoint(self, records: list[Record]) -> None:
+        await self.guest.apply_checkpoint(records)
+        if self._first:
+            await self.devices.setup()
+            self._first = False
+        await self.devices.preresume()
+
+    async def _resume_guest(self) -> None:
+        self._send(CheckpointState(CheckpointId.SVM_READY))
+        await self.guest.resume()
+        self._send(CheckpointState(CheckpointId.SVM_RESUMED))
+        await self.devices.commit()
+
+    async def _suspend_guest(self) -> None:
+        await self.guest.suspend()
+        await self.devices.postsuspend()
+        self._send(CheckpointState(CheckpointId.SVM_SUSPENDED))
+        self._send(await self.guest.dirty_pfn_list())
+
+    async def _failover(self) -> None:
+        await self.devices.failover()
+        await self.guest.take_over()
+
+    # -- helpers ---------------------------------------------------------------
 
     def _send(self, record: Record) -> None:
         if self.link is None:
@@ -377,7 +186,9 @@ class SecondaryEngine(EngineCore):
         self.link.sendRecord(record)
 
     def _leave(self, code: ReplicationEndReason | None) -> None:
-        """Forget the primary: tell it why if the link is still up (code), and start a new epoch."""
+        """Leave protection and forget the primary: tell it why if the link is still up (code),
+        and start a new epoch."""
+        self.protected = False
         link, self.link = self.link, None
         if link is not None:
             if code is None:
@@ -386,3 +197,164 @@ class SecondaryEngine(EngineCore):
                 link.end(code, self.error or "")
         self.new_epoch()
         self.publish()
+
+
+# -- the machine ------------------------------------------------------------------
+#
+# Each behaviour below is named for its situation and serves the transitions
+# decorated on it; the states' names are SecondaryState's.
+
+_I, _S = SecondaryInputs, SecondaryState
+_machine: MachineBuilder[SecondaryInputs, SecondaryEngine, SecondaryState] = MachineBuilder(
+    _I, SecondaryEngine)
+
+WaitingForPrimary = _machine.state(_S.WAITING_FOR_PRIMARY)
+ReceivingFirstCheckpoint = _machine.state(_S.RECEIVING_FIRST_CHECKPOINT)
+Applying = _machine.state(_S.APPLYING)
+Resuming = _machine.state(_S.RESUMING)
+Running = _machine.state(_S.RUNNING)
+Suspending = _machine.state(_S.SUSPENDING)
+ReceivingCheckpoint = _machine.state(_S.RECEIVING_CHECKPOINT)
+FailingOver = _machine.state(_S.FAILING_OVER)
+PrimaryUnprotected = _machine.state(_S.PRIMARY_UNPROTECTED)
+FailoverFailed = _machine.state(_S.FAILOVER_FAILED)
+Ending = _machine.state(_S.ENDING)
+Ended = _machine.state(_S.ENDED)
+
+#: A checkpoint was committed here and the primary is still there: its loss means a takeover.
+_STANDING_BY = (Applying, Resuming, Running, Suspending, ReceivingCheckpoint)
+#: No checkpoint committed yet: nothing to take over.
+_UNCOMMITTED = (WaitingForPrimary, ReceivingFirstCheckpoint)
+#: Replication is over here, or about to be: nothing more to do on any news.
+_OVER = (FailingOver, PrimaryUnprotected, FailoverFailed, Ending, Ended)
+
+# Behaviour-less transitions.
+_machine.upon(WaitingForPrimary, _I.link_ready, ReceivingFirstCheckpoint)(nothing)
+_machine.upon(Suspending, _I.suspended, ReceivingCheckpoint)(nothing)
+for _input in (_I.primary_lost, _I.replication_ended, _I.qemu_lost, _I.stop):
+    _machine.upon(_OVER, _input)(nothing)
+del _input
+
+
+@_machine.upon((ReceivingFirstCheckpoint, ReceivingCheckpoint), _I.stream_record)
+def _buffer_record(machine: SecondaryInputs, engine: SecondaryEngine, record: Record) -> None:
+    engine._buffer.add(record)
+
+
+@_machine.upon((ReceivingFirstCheckpoint, ReceivingCheckpoint), _I.checkpoint_end, Applying)
+def _apply(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    records = engine._buffer.take()  # committed now: a loss of the primary from here on does not drop it
+    engine.run_step(lambda: engine._apply_checkpoint(records), machine.applied)
+
+
+@_machine.upon(ReceivingFirstCheckpoint, _I.primary_lost, WaitingForPrimary)
+@_machine.upon(ReceivingFirstCheckpoint, _I.replication_ended, WaitingForPrimary)
+def _forget_primary(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
+    engine.log.warn("domain {domain}: the primary left before a checkpoint was complete ({why}); "
+                    "nothing to take over, waiting for a primary", domain=engine.domain.name,
+                    why=describe(reason))
+    engine.new_epoch()
+    engine.publish()
+
+
+@_machine.upon(Applying, _I.applied, Resuming)
+def _resume(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    engine.run_step(engine._resume_guest, machine.resumed)
+
+
+@_machine.upon(Resuming, _I.resumed, Running)
+def _checkpoint_done(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    engine.checkpoints += 1
+    engine.protected = True
+    if engine.checkpoints == 1:
+        engine.log.info("domain {domain}: standing by: first checkpoint applied", domain=engine.domain.name)
+    engine.publish()
+
+
+@_machine.upon(Running, _I.new_checkpoint, Suspending)
+def _suspend(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    engine.run_step(engine._suspend_guest, machine.suspended)
+
+
+@_machine.upon(_STANDING_BY, _I.primary_lost, FailingOver)
+def _take_over(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
+    engine.error = f"primary lost: {describe(reason)}"
+    engine.log.error("domain {domain}: {error}; taking over from checkpoint {n}",
+                     domain=engine.domain.name, error=engine.error, n=engine.checkpoints)
+    engine._leave(None)
+    engine.run_step(engine._failover, machine.taken_over)
+
+
+@_machine.upon(FailingOver, _I.taken_over, PrimaryUnprotected)
+def _report_primary(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    engine.role = "primary"
+    engine.log.warn("domain {domain}: FAILOVER done: this node is now the primary, UNPROTECTED; "
+                    "the guest runs from checkpoint {n}", domain=engine.domain.name, n=engine.checkpoints)
+    engine.publish(failed_over=True)
+
+
+@_machine.upon(FailingOver, _I.step_failed, FailoverFailed)
+def _report_failover_failed(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
+    engine.error = f"{engine.error}; taking over failed: {reason.getErrorMessage()}"
+    engine.log.error("domain {domain}: {error}", domain=engine.domain.name, error=engine.error)
+    engine.publish()
+
+
+@_machine.upon(_STANDING_BY, _I.replication_ended, Ending)
+def _end_replication(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
+    _end_without_takeover(machine, engine, f"replication ended: {describe(reason)}", None)
+
+
+@_machine.upon(_STANDING_BY, _I.step_failed, Ending)
+def _give_up(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
+    _end_without_takeover(machine, engine, f"replication failed here: {reason.getErrorMessage()}",
+                          ReplicationEndReason.LOCAL_FAILURE)
+
+
+def _end_without_takeover(machine: SecondaryInputs, engine: SecondaryEngine, error: str,
+                          code: ReplicationEndReason | None) -> None:
+    """The primary may well run its guest: forget it (telling it ``code``), and tear replication down."""
+    engine.error = error
+    engine.log.error("domain {domain}: {error}; not taking over", domain=engine.domain.name, error=error)
+    engine._leave(code)
+    engine.run_step(engine.devices.teardown, machine.torn_down)
+
+
+@_machine.upon((*_UNCOMMITTED, *_STANDING_BY), _I.qemu_lost, Ended)
+def _qemu_gone(machine: SecondaryInputs, engine: SecondaryEngine, reason: str) -> None:
+    engine.error = f"this node's QEMU is gone: {reason}"
+    engine.log.error("domain {domain}: {error}; replication ends", domain=engine.domain.name,
+                     error=engine.error)
+    engine._leave(ReplicationEndReason.LOCAL_FAILURE)
+
+
+@_machine.upon(Ending, _I.torn_down, Ended)
+def _report_ended(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    engine.publish()
+
+
+@_machine.upon(Ending, _I.step_failed, Ended)
+def _teardown_failed(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
+    engine.cleanup_failed("tearing replication down", reason)
+    engine.publish()
+
+
+@_machine.upon(_STANDING_BY, _I.stop, Ending)
+def _stop(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    """Tell the primary, which drops this node and keeps its guest; undo replication here."""
+    engine.error = "colod stopped"
+    engine.log.info("domain {domain}: colod is stopping: replication ends", domain=engine.domain.name)
+    engine._leave(ReplicationEndReason.SHUTDOWN)
+    engine.run_step(engine.devices.teardown, machine.torn_down)
+
+
+@_machine.upon(_UNCOMMITTED, _I.stop, Ended)
+def _stop_waiting(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    engine.error = "colod stopped"
+    engine._leave(ReplicationEndReason.SHUTDOWN)
+
+
+#: Starts the secondary's machine for an engine.
+start_secondary = _machine.build()
+#: Every transition of the secondary's machine.
+TRANSITIONS = frozenset(_machine.transitions)

@@ -15,8 +15,8 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from colod.engine.core import EngineCore
-from colod.engine.primary import CheckpointRefused, PrimaryEngine
-from colod.engine.secondary import SecondaryEngine
+from colod.engine.primary import CheckpointRefused, PrimaryEngine, PrimaryState
+from colod.engine.secondary import SecondaryEngine, SecondaryState
 from colod.engine.status import StatusFile
 from colod.guest.device_model import DeviceModelEngine
 from colod.guest.memory_image import MemoryImage
@@ -123,7 +123,8 @@ class CheckpointTests(EnginePairTestCase):
     async def test_requested_checkpoints_carry_memory_and_disk(self) -> None:
         """Each requested checkpoint makes the secondary's memory and disk the primary's."""
         primary, secondary = await self.pair()
-        self.assertEqual((primary.engine.state, secondary.engine.state), ("protected", "running"))
+        self.assertEqual((primary.engine.state, secondary.engine.state),
+                         (PrimaryState.PROTECTED, SecondaryState.RUNNING))
         self.assertEqual(await self.qemu_status(primary), "running")
         numbers = []
         for n in range(5):
@@ -157,7 +158,7 @@ class CheckpointTests(EnginePairTestCase):
     async def test_interval_triggers_checkpoints(self) -> None:
         primary, secondary = await self.pair(interval=0.02)
         await self.until(lambda: secondary.engine.checkpoints >= 20)
-        self.assertTrue(primary.engine.is_protected and secondary.engine.is_protected)
+        self.assertTrue(primary.engine.protected and secondary.engine.protected)
 
     @async_test
     async def test_secondary_dirty_pages_are_restored(self) -> None:
@@ -180,7 +181,7 @@ class PeerLossTests(EnginePairTestCase):
         primary.image.write(3, b"lost with the primary")
         await primary.side.write("colo-disk0", 0x72, 0, 8192)
         primary.engine.link.transport.abortConnection()  # type: ignore[union-attr]
-        await self.until(lambda: secondary.engine.state == "primary_unprotected")
+        await self.until(lambda: secondary.engine.state is SecondaryState.PRIMARY_UNPROTECTED)
         self.assertEqual(secondary.image.read_pages(range(PAGES)), memory)
         self.assertEqual(await self.qemu_status(secondary), "running")
         await secondary.side.qmp.execute("human-monitor-command",
@@ -192,7 +193,7 @@ class PeerLossTests(EnginePairTestCase):
     async def test_primary_drops_a_lost_secondary(self) -> None:
         primary, secondary = await self.pair()
         secondary.engine.link.transport.abortConnection()  # type: ignore[union-attr]
-        await self.until(lambda: primary.engine.state == "unprotected")
+        await self.until(lambda: primary.engine.state is PrimaryState.UNPROTECTED)
         self.assertIn("replication ended", primary.engine.error)
         self.assertEqual(await self.qemu_status(primary), "running")
         await primary.side.write("colo-disk0", 0x73, 0, 4096)
@@ -214,8 +215,8 @@ class PeerLossTests(EnginePairTestCase):
         self.assertEqual(str(caught.exception),
                          "domain guest: replication ended: checkpoint 2 not complete after 0.5 s")
         self.assertEqual(stalled.hits, 1)
-        self.assertEqual(primary.engine.state, "dropping_secondary")
-        await self.until(lambda: primary.engine.state == "unprotected")
+        self.assertIs(primary.engine.state, PrimaryState.DROPPING_SECONDARY)
+        await self.until(lambda: primary.engine.state is PrimaryState.UNPROTECTED)
         self.assertIn("checkpoint 2 not complete after 0.5 s", primary.engine.error)
         self.assertEqual(await self.qemu_status(primary), "running")
 
@@ -225,7 +226,7 @@ class PeerLossTests(EnginePairTestCase):
         primary, secondary = await self.pair(proxy_qmp=["primary"])
         refusal = self.qmp_proxies["primary"].fail("x-blockdev-change", "detaching refused", times=1)
         secondary.engine.link.transport.abortConnection()  # type: ignore[union-attr]
-        await self.until(lambda: primary.engine.state == "unprotected")
+        await self.until(lambda: primary.engine.state is PrimaryState.UNPROTECTED)
         self.assertEqual(refusal.hits, 1)
         self.assertIn("; detaching the secondary's replication failed: drop_secondary failed for xvda: "
                       "QMP x-blockdev-change failed: GenericError: detaching refused", primary.engine.error)
@@ -236,7 +237,8 @@ class PeerLossTests(EnginePairTestCase):
         """SVM_SUSPENDED before any NEW is legal on the wire but not in the protocol."""
         primary, secondary = await self.pair()
         secondary.engine.link.sendRecord(CheckpointState(CheckpointId.SVM_SUSPENDED))  # type: ignore[union-attr]
-        await self.until(lambda: primary.engine.state == "unprotected" and secondary.engine.state == "ended")
+        await self.until(lambda: primary.engine.state is PrimaryState.UNPROTECTED
+                         and secondary.engine.state is SecondaryState.ENDED)
         self.assertIn("protocol error: CHECKPOINT_STATE(SVM_SUSPENDED) is not allowed while protected",
                       primary.engine.error)
         self.assertIn("the peer ended replication: protocol error: CHECKPOINT_STATE(SVM_SUSPENDED)",
@@ -247,7 +249,7 @@ class PeerLossTests(EnginePairTestCase):
     async def test_primary_shutdown_is_no_failover(self) -> None:
         primary, secondary = await self.pair()
         await within(TIMEOUT, primary.engine.shutdown())
-        await self.until(lambda: secondary.engine.state == "ended")
+        await self.until(lambda: secondary.engine.state is SecondaryState.ENDED)
         self.assertEqual(secondary.engine.error, "replication ended: the peer ended replication: shutdown: "
                                                  "colod on the primary is stopping; its guest runs on")
         self.assertEqual(await self.qemu_status(primary), "running")
