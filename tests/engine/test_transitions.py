@@ -1,0 +1,475 @@
+"""Every transition of both engines' machines, on a task.Clock, with fakes for guest, devices and link.
+
+Each transition gets one test, made from the machine's own list
+(colod.engine.primary.TRANSITIONS, colod.engine.secondary.TRANSITIONS): it
+drives the engine from its start to the transition's old state (PATHS), makes
+the world produce the input as it would (APPLY: a record arrives, a step ends
+or fails, the link goes, time passes), checks the new state and what the
+transition did (CHECKS), then stops the engine and checks that no timer is
+left.  test_every_transition_is_checked fails for a transition without its
+check, so a new transition cannot go untested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from colod.engine import primary, secondary
+from colod.engine.core import EngineCore
+from colod.engine.machine import Transition
+from colod.engine.primary import CheckpointRefused, PrimaryEngine, PrimaryState
+from colod.engine.secondary import SecondaryEngine, SecondaryState
+from colod.protocol import (
+    Checkpoint,
+    CheckpointDirtyPfnList,
+    CheckpointEnd,
+    CheckpointId,
+    CheckpointState,
+    LibxcContext,
+    PeerEndedReplication,
+    Record,
+    ReplicationEndReason,
+)
+from colod.protocol.handshake import Hello, Role
+from tests.engine.fakes import FakeDevices, FakeDomain, FakeGuest, FakeLink, FakeQMP, FakeStatus, World
+
+INTERVAL = 5.0
+TIMEOUT = 60.0
+
+
+class Harness:
+    """One engine and its fake world; ``answers`` keeps what request_checkpoint's Deferreds fired with."""
+
+    def __init__(self, role: Role) -> None:
+        self.clock = Clock()
+        self.world = World()
+        self.link = FakeLink()
+        self.status = FakeStatus()
+        self.answers: list[object] = []
+        common: tuple[Any, ...] = (FakeDomain(), role.value, FakeGuest(self.world), FakeDevices(self.world),
+                                   self.clock, self.status, FakeQMP())
+        self.engine: EngineCore[Any, Any]
+        if role is Role.PRIMARY:
+            self.peer = Hello(Role.SECONDARY, "guest", "secondary")
+            self.engine = PrimaryEngine(*common, interval=INTERVAL, checkpoint_timeout=TIMEOUT)
+        else:
+            self.peer = Hello(Role.PRIMARY, "guest", "primary")
+            self.engine = SecondaryEngine(*common)
+
+    def receive(self, record: Record) -> None:
+        self.engine.recordReceived(self.link, record)  # type: ignore[arg-type]
+
+    def lose(self, reason: Failure) -> None:
+        """The link is lost, if the engine still holds it; else the loss reaches the machine as it may
+        in a race (a verdict reached while the link was being let go)."""
+        if self.engine.link is self.link:
+            self.engine.linkLost(self.link, reason)  # type: ignore[arg-type]
+        else:
+            self.engine.lost(reason)
+
+    def step_ends(self) -> None:
+        """The step under way ends: its calls are answered until the machine moves (not the next step's)."""
+        state = self.engine.state
+        while self.world.pending and self.engine.state is state:
+            self.world.answer()
+
+    def step_fails(self) -> None:
+        """The step under way fails; with none under way, the machine hears of one all the same."""
+        if self.world.pending:
+            self.world.fail()
+        else:
+            self.engine.machine.step_failed(Failure(RuntimeError("a step failed")))
+
+    def request(self) -> Deferred[int]:
+        assert isinstance(self.engine, PrimaryEngine)
+        d = self.engine.request_checkpoint()
+        d.addBoth(self.answers.append)
+        return d
+
+
+def _link(h: Harness) -> None:
+    h.engine.linkReady(h.link, h.peer)  # type: ignore[arg-type]
+
+
+def _state(id: CheckpointId) -> Callable[[Harness], None]:
+    return lambda h: h.receive(CheckpointState(id))
+
+
+#: How the world makes each input, by its name.
+APPLY: dict[str, Callable[[Harness], None]] = {
+    "link_ready": _link,
+    "first_copy_sent": Harness.step_ends,
+    "resumed": Harness.step_ends,
+    "suspended": Harness.step_ends,
+    "checkpoint_sent": Harness.step_ends,
+    "dropped": Harness.step_ends,
+    "stop_done": Harness.step_ends,
+    "applied": Harness.step_ends,
+    "taken_over": Harness.step_ends,
+    "torn_down": Harness.step_ends,
+    "svm_ready": _state(CheckpointId.SVM_READY),
+    "svm_resumed": _state(CheckpointId.SVM_RESUMED),
+    "svm_suspended": _state(CheckpointId.SVM_SUSPENDED),
+    "new_checkpoint": _state(CheckpointId.NEW),
+    "dirty_pfn_list": lambda h: h.receive(CheckpointDirtyPfnList()),
+    "stream_record": lambda h: h.receive(Checkpoint()),
+    "checkpoint_end": lambda h: h.receive(CheckpointEnd()),
+    "checkpoint_due": lambda h: h.clock.advance(INTERVAL),
+    "checkpoint_requested": lambda h: h.request() and None,
+    "secondary_lost": lambda h: h.lose(Failure(ConnectionDone())),
+    "primary_lost": lambda h: h.lose(Failure(ConnectionDone())),
+    "replication_ended": lambda h: h.lose(Failure(PeerEndedReplication(ReplicationEndReason.SHUTDOWN, ""))),
+    "step_failed": Harness.step_fails,
+    "qemu_lost": lambda h: h.engine.qemu_lost("QEMU exited"),
+    "stop": lambda h: h.engine.shutdown() and None,
+}
+
+_P = PrimaryState
+_FIRST_ROUND = ["link_ready", "first_copy_sent", "svm_ready", "resumed", "svm_resumed"]
+_ROUND = [*_FIRST_ROUND, "checkpoint_due", "suspended", "svm_suspended", "dirty_pfn_list"]
+#: The inputs that bring a new primary to each state.
+PRIMARY_PATHS: dict[PrimaryState, list[str]] = {
+    _P.WAITING_FOR_SECONDARY: [],
+    _P.SENDING_FIRST_COPY: _FIRST_ROUND[:1],
+    _P.AWAITING_SVM_READY: _FIRST_ROUND[:2],
+    _P.RESUMING: _FIRST_ROUND[:3],
+    _P.AWAITING_SVM_RESUMED: _FIRST_ROUND[:4],
+    _P.PROTECTED: _FIRST_ROUND,
+    _P.SUSPENDING: _ROUND[:6],
+    _P.AWAITING_SVM_SUSPENDED: _ROUND[:7],
+    _P.AWAITING_DIRTY_PFNS: _ROUND[:8],
+    _P.SENDING_CHECKPOINT: _ROUND,
+    _P.DROPPING_SECONDARY: [*_FIRST_ROUND, "secondary_lost"],
+    _P.UNPROTECTED: [*_FIRST_ROUND, "secondary_lost", "dropped"],
+    _P.GUEST_LOST: ["qemu_lost"],
+    _P.STOPPING: [*_FIRST_ROUND, "stop"],
+    _P.STOPPED: ["stop", "stop_done"],
+}
+
+#: The inputs of a round after its suspend.
+_REST_OF_ROUND = ["suspended", "svm_suspended", "dirty_pfn_list", "checkpoint_sent", "svm_ready", "resumed",
+                  "svm_resumed"]
+
+_S = SecondaryState
+_STANDBY = ["link_ready", "checkpoint_end", "applied", "resumed", "new_checkpoint", "suspended"]
+#: The inputs that bring a new secondary to each state.
+SECONDARY_PATHS: dict[SecondaryState, list[str]] = {
+    _S.WAITING_FOR_PRIMARY: [],
+    _S.RECEIVING_FIRST_CHECKPOINT: _STANDBY[:1],
+    _S.APPLYING: _STANDBY[:2],
+    _S.RESUMING: _STANDBY[:3],
+    _S.RUNNING: _STANDBY[:4],
+    _S.SUSPENDING: _STANDBY[:5],
+    _S.RECEIVING_CHECKPOINT: _STANDBY,
+    _S.FAILING_OVER: [*_STANDBY[:4], "primary_lost"],
+    _S.PRIMARY_UNPROTECTED: [*_STANDBY[:4], "primary_lost", "taken_over"],
+    _S.FAILOVER_FAILED: [*_STANDBY[:4], "primary_lost", "step_failed"],
+    _S.ENDING: [*_STANDBY[:4], "stop"],
+    _S.ENDED: [*_STANDBY[:4], "stop", "torn_down"],
+}
+
+
+# -- what each transition must have done (besides entering its new state) --------------------------
+
+Check = Callable[["TransitionTests", Harness], None]
+
+
+def _nothing_more(case: TransitionTests, h: Harness) -> None:
+    """Only the state's name may change: no call, no record, no end of the link."""
+    case.assertEqual((h.world.calls, h.link.sent, h.link.ended), case.before)
+
+
+def _sent(*records: Record) -> Check:
+    def check(case: TransitionTests, h: Harness) -> None:
+        case.assertEqual(h.link.sent[-len(records):], list(records))
+    return check
+
+
+def _called(name: str) -> Check:
+    def check(case: TransitionTests, h: Harness) -> None:
+        case.assertEqual(h.world.calls[-1], name)
+    return check
+
+
+def _ended(how: str | ReplicationEndReason | None, error: str) -> Check:
+    """The link was ended ``how`` (None: it was already gone), the error says why, nothing is protected."""
+    def check(case: TransitionTests, h: Harness) -> None:
+        case.assertEqual(h.link.ended, how)
+        case.assertIn(error, h.engine.error or "")
+        case.assertFalse(h.engine.protected)
+    return check
+
+
+def _published(**fields: object) -> Check:
+    def check(case: TransitionTests, h: Harness) -> None:
+        last = h.status.written[-1]
+        case.assertEqual({key: last[key] for key in fields}, fields)
+    return check
+
+
+def _request_waits(case: TransitionTests, h: Harness) -> None:
+    case.assertEqual(h.answers, [])
+    case.assertNotIn(CheckpointState(CheckpointId.NEW), h.link.sent[len(case.before[1]):])
+
+
+def _request_refused(case: TransitionTests, h: Harness) -> None:
+    [failure] = h.answers
+    case.assertIsInstance(failure, Failure)
+    failure.trap(CheckpointRefused)  # type: ignore[union-attr]
+
+
+def _checkpoint_begins(case: TransitionTests, h: Harness) -> None:
+    case.assertEqual((h.link.sent[-1], h.world.calls[-1]), (CheckpointState(CheckpointId.NEW), "suspend"))
+
+
+def _first_checkpoint_done(case: TransitionTests, h: Harness) -> None:
+    case.assertEqual((h.engine.checkpoints, h.engine.protected), (1, True))
+    _published(protected=True, checkpoints=1)(case, h)
+
+
+def _all(*checks: Check) -> Check:
+    def check(case: TransitionTests, h: Harness) -> None:
+        for each in checks:
+            each(case, h)
+    return check
+
+
+def _primary_checks() -> dict[tuple[str, str], Check]:
+    replicating = [_P.SENDING_FIRST_COPY, _P.AWAITING_SVM_READY, _P.RESUMING, _P.AWAITING_SVM_RESUMED,
+                   _P.PROTECTED, _P.SUSPENDING, _P.AWAITING_SVM_SUSPENDED, _P.AWAITING_DIRTY_PFNS,
+                   _P.SENDING_CHECKPOINT]
+    waiting_turn = [_P.WAITING_FOR_SECONDARY, *(s for s in replicating if s is not _P.PROTECTED)]
+    past = [_P.DROPPING_SECONDARY, _P.UNPROTECTED, _P.GUEST_LOST, _P.STOPPING, _P.STOPPED]
+    checks: dict[tuple[str, str], Check] = {
+        (_P.WAITING_FOR_SECONDARY, "link_ready"): _all(_called("copy_live"), _sent(LibxcContext())),
+        (_P.SENDING_FIRST_COPY, "first_copy_sent"): _sent(Checkpoint(), CheckpointEnd()),
+        (_P.AWAITING_SVM_READY, "svm_ready"): _called("devices.setup"),
+        (_P.RESUMING, "resumed"): lambda case, h: case.assertEqual(
+            (h.world.calls[-2:], len(h.engine.pauses.recent)), (["resume", "devices.commit"], 1)),
+        (_P.AWAITING_SVM_RESUMED, "svm_resumed"): _first_checkpoint_done,
+        (_P.PROTECTED, "checkpoint_due"): _checkpoint_begins,
+        (_P.PROTECTED, "checkpoint_requested"): _all(_checkpoint_begins, lambda case, h: case.assertEqual(
+            h.answers, [])),
+        (_P.SUSPENDING, "suspended"): _called("devices.postsuspend"),
+        (_P.AWAITING_SVM_SUSPENDED, "svm_suspended"): _nothing_more,
+        (_P.AWAITING_DIRTY_PFNS, "dirty_pfn_list"): _called("checkpoint_records"),
+        (_P.SENDING_CHECKPOINT, "checkpoint_sent"): _sent(Checkpoint(), CheckpointEnd()),
+        (_P.DROPPING_SECONDARY, "dropped"): _published(state="unprotected", protected=False),
+        (_P.DROPPING_SECONDARY, "step_failed"): _all(
+            _ended(None, "detaching the secondary's replication failed"), _published(state="unprotected")),
+        (_P.GUEST_LOST, "secondary_lost"): _nothing_more,
+        (_P.GUEST_LOST, "qemu_lost"): _nothing_more,
+        (_P.GUEST_LOST, "stop"): _published(state="stopped"),
+        (_P.STOPPING, "secondary_lost"): _nothing_more,
+        (_P.STOPPING, "qemu_lost"): _nothing_more,
+        (_P.STOPPING, "stop_done"): _published(state="stopped"),
+        (_P.STOPPING, "step_failed"): _all(_ended(ReplicationEndReason.SHUTDOWN, "detaching replication at "
+                                                  "stop failed"), _published(state="stopped")),
+        (_P.WAITING_FOR_SECONDARY, "qemu_lost"): _ended(None, "the guest's QEMU is gone"),
+        (_P.WAITING_FOR_SECONDARY, "stop"): _all(_ended(None, "colod stopped"), _called("devices.teardown")),
+    }
+    for state in replicating:
+        checks[state, "secondary_lost"] = _ended(None, "replication ended: the peer closed the link")
+        checks[state, "step_failed"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "replication failed here")
+        checks[state, "qemu_lost"] = _ended("closed", "the guest's QEMU is gone")
+        checks[state, "stop"] = _ended(ReplicationEndReason.SHUTDOWN, "colod stopped")
+    for state in (_P.DROPPING_SECONDARY, _P.UNPROTECTED):
+        checks[state, "secondary_lost"] = _nothing_more
+        checks[state, "qemu_lost"] = _ended(None, "the guest's QEMU is gone")
+        checks[state, "stop"] = _ended(None, "colod stopped")
+    for state in waiting_turn:
+        checks[state, "checkpoint_requested"] = _request_waits
+    for state in past:
+        checks[state, "checkpoint_requested"] = _request_refused
+    return checks
+
+
+def _takes_over(case: TransitionTests, h: Harness) -> None:
+    case.assertEqual((h.link.ended, h.engine.protected), (None, False))
+    case.assertIn("primary lost: the peer closed the link", h.engine.error or "")
+    h.world.finish()
+    case.assertEqual(h.world.calls[-2:], ["devices.failover", "take_over"])
+
+
+def _secondary_checks() -> dict[tuple[str, str], Check]:
+    standing_by = [_S.APPLYING, _S.RESUMING, _S.RUNNING, _S.SUSPENDING, _S.RECEIVING_CHECKPOINT]
+    uncommitted = [_S.WAITING_FOR_PRIMARY, _S.RECEIVING_FIRST_CHECKPOINT]
+    over = [_S.FAILING_OVER, _S.PRIMARY_UNPROTECTED, _S.FAILOVER_FAILED, _S.ENDING, _S.ENDED]
+    forgotten = _all(_nothing_more, _published(state="waiting_for_primary", protected=False))
+    checks: dict[tuple[str, str], Check] = {
+        (_S.WAITING_FOR_PRIMARY, "link_ready"): _nothing_more,
+        (_S.RECEIVING_FIRST_CHECKPOINT, "stream_record"): _nothing_more,
+        (_S.RECEIVING_CHECKPOINT, "stream_record"): _nothing_more,
+        (_S.RECEIVING_FIRST_CHECKPOINT, "checkpoint_end"): _called("apply_checkpoint"),
+        (_S.RECEIVING_CHECKPOINT, "checkpoint_end"): _called("apply_checkpoint"),
+        (_S.RECEIVING_FIRST_CHECKPOINT, "primary_lost"): forgotten,
+        (_S.RECEIVING_FIRST_CHECKPOINT, "replication_ended"): forgotten,
+        (_S.APPLYING, "applied"): _all(_sent(CheckpointState(CheckpointId.SVM_READY)), _called("resume")),
+        (_S.RESUMING, "resumed"): _all(_sent(CheckpointState(CheckpointId.SVM_RESUMED)),
+                                       _first_checkpoint_done),
+        (_S.RUNNING, "new_checkpoint"): _called("suspend"),
+        (_S.SUSPENDING, "suspended"): _sent(CheckpointState(CheckpointId.SVM_SUSPENDED),
+                                            CheckpointDirtyPfnList()),
+        (_S.FAILING_OVER, "taken_over"): _published(role="primary", state="primary_unprotected",
+                                                    failed_over=True),
+        (_S.FAILING_OVER, "step_failed"): _ended(None, "taking over failed"),
+        (_S.ENDING, "torn_down"): _published(state="ended"),
+        (_S.ENDING, "step_failed"): _all(_ended(ReplicationEndReason.SHUTDOWN, "tearing replication down "
+                                                "failed"), _published(state="ended")),
+    }
+    for state in standing_by:
+        checks[state, "primary_lost"] = _takes_over
+        checks[state, "replication_ended"] = _ended(None, "replication ended: the peer ended replication")
+        checks[state, "step_failed"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "replication failed here")
+        checks[state, "qemu_lost"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "this node's QEMU is gone")
+        checks[state, "stop"] = _ended(ReplicationEndReason.SHUTDOWN, "colod stopped")
+    for state in uncommitted:
+        link_end = None if state is _S.WAITING_FOR_PRIMARY else ReplicationEndReason.LOCAL_FAILURE
+        checks[state, "qemu_lost"] = _ended(link_end, "this node's QEMU is gone")
+        link_end = None if state is _S.WAITING_FOR_PRIMARY else ReplicationEndReason.SHUTDOWN
+        checks[state, "stop"] = _ended(link_end, "colod stopped")
+    for state in over:
+        for input in ("primary_lost", "replication_ended", "qemu_lost", "stop"):
+            checks[state, input] = _nothing_more
+    return checks
+
+
+#: By engine: its transitions, the paths to its states, and each transition's check.
+ENGINES: dict[Role, tuple[frozenset[Transition], dict[Any, list[str]], dict[tuple[str, str], Check]]] = {
+    Role.PRIMARY: (primary.TRANSITIONS, PRIMARY_PATHS, _primary_checks()),
+    Role.SECONDARY: (secondary.TRANSITIONS, SECONDARY_PATHS, _secondary_checks()),
+}
+#: The states from which the secondary has run (or runs) its guest here.
+_TOOK_OVER = {_S.FAILING_OVER, _S.PRIMARY_UNPROTECTED, _S.FAILOVER_FAILED}
+
+
+class TransitionTests(SynchronousTestCase):
+    """One test per transition of each machine (added below), and the checks that they are all there."""
+
+    #: What the world looked like before the input: calls, records sent, how the link ended.
+    before: tuple[list[str], list[Record], object]
+
+    def run_transition(self, role: Role, transition: Transition) -> None:
+        _, paths, checks = ENGINES[role]
+        h = Harness(role)
+        for input in paths[transition.old]:  # type: ignore[index]
+            APPLY[input](h)
+        self.assertEqual(h.engine.state, transition.old, "the path leads elsewhere")
+        self.before = (list(h.world.calls), list(h.link.sent), h.link.ended)
+        APPLY[transition.input](h)
+        self.assertEqual(h.engine.state, transition.new)
+        checks[transition.old, transition.input](self, h)
+        self.assert_takeover_only_after_primary_lost(h, transition)
+        self.assert_stops_clean(h)
+
+    def assert_takeover_only_after_primary_lost(self, h: Harness, transition: Transition) -> None:
+        """The secondary takes over (its disks fail over, then its guest runs) only on entering
+        FAILING_OVER, from a state standing by, and once."""
+        h.world.finish()
+        self.assertEqual(h.world.calls.count("devices.failover"), int(role_of(h) is Role.SECONDARY and (
+            transition.old in _TOOK_OVER or transition.new is _S.FAILING_OVER)))
+
+    def assert_stops_clean(self, h: Harness) -> None:
+        """Stopped and its steps done, the engine leaves no timer behind and no request unanswered."""
+        h.engine.shutdown()
+        h.world.finish()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(h.world.pending, [])
+
+    def test_every_transition_is_checked(self) -> None:
+        """Each transition of each machine has a check, and each check a transition."""
+        for role, (transitions, paths, checks) in ENGINES.items():
+            self.assertEqual(set(checks), {(t.old, t.input) for t in transitions}, role)
+            self.assertEqual(set(paths), {t.old for t in transitions} | {t.new for t in transitions}, role)
+            self.assertLessEqual({t.input for t in transitions}, set(APPLY), role)
+
+    def test_records_wait_for_the_step(self) -> None:
+        """A record that arrives while a step runs is fed to the machine once the step is done."""
+        h = Harness(Role.PRIMARY)
+        for input in PRIMARY_PATHS[_P.SUSPENDING]:
+            APPLY[input](h)
+        h.receive(CheckpointState(CheckpointId.SVM_SUSPENDED))
+        self.assertIs(h.engine.state, _P.SUSPENDING)
+        h.world.finish()
+        self.assertIs(h.engine.state, _P.AWAITING_DIRTY_PFNS)
+
+    def test_record_not_allowed_names_it_and_the_state(self) -> None:
+        """A record the state has no transition for is a protocol error, told to the peer."""
+        h = Harness(Role.PRIMARY)
+        for input in PRIMARY_PATHS[_P.PROTECTED]:
+            APPLY[input](h)
+        h.receive(CheckpointState(CheckpointId.SVM_SUSPENDED))
+        self.assertEqual((h.engine.state, h.link.ended),
+                         (_P.DROPPING_SECONDARY, ReplicationEndReason.PROTOCOL_ERROR))
+        self.assertEqual(h.engine.error, "replication ended: protocol error: CHECKPOINT_STATE(SVM_SUSPENDED) "
+                                         "is not allowed while protected")
+
+    def test_link_refused_by_name_of_state(self) -> None:
+        """A link the machine cannot take is refused, naming the state."""
+        h = Harness(Role.PRIMARY)
+        h.engine.qemu_lost("QEMU exited")
+        _link(h)
+        self.assertEqual((h.link.ended, h.engine.link), ("refused: domain guest is guest lost", None))
+
+    def test_step_ending_at_once(self) -> None:
+        """A step that ends inside the transition that started it is fed on the clock's next turn."""
+        h = Harness(Role.SECONDARY)
+        h.engine.devices.teardown = lambda: succeed(None)  # type: ignore[method-assign]
+        for input in SECONDARY_PATHS[_S.RUNNING]:
+            APPLY[input](h)
+        h.engine.shutdown()
+        self.assertIs(h.engine.state, _S.ENDING)
+        h.clock.advance(0)
+        self.assertIs(h.engine.state, _S.ENDED)
+
+    def test_requested_checkpoint_answered(self) -> None:
+        """A checkpoint requested mid-round is the next one, started at once, and answered with its number."""
+        h = Harness(Role.PRIMARY)
+        for input in PRIMARY_PATHS[_P.SUSPENDING]:
+            APPLY[input](h)
+        h.request()
+        for input in _REST_OF_ROUND:
+            APPLY[input](h)
+        self.assertEqual((h.engine.state, h.answers), (_P.PROTECTED, []))
+        h.clock.advance(0)
+        for input in _REST_OF_ROUND:
+            APPLY[input](h)
+        self.assertEqual(h.answers, [3])
+        self.assert_stops_clean(h)
+
+    def test_checkpoint_overdue_drops_the_secondary(self) -> None:
+        """A checkpoint not complete after the checkpoint timeout drops the secondary; the guest resumes."""
+        h = Harness(Role.PRIMARY)
+        for input in PRIMARY_PATHS[_P.AWAITING_SVM_SUSPENDED]:
+            APPLY[input](h)
+        h.clock.advance(TIMEOUT)
+        self.assertIs(h.engine.state, _P.DROPPING_SECONDARY)
+        self.assertIn("checkpoint 2 not complete after 60 s", h.engine.error or "")
+        h.world.finish()
+        self.assertEqual((h.engine.state, h.world.calls[-2:]), (_P.UNPROTECTED, ["devices.drop_secondary",
+                                                                                "resume"]))
+
+
+def role_of(h: Harness) -> Role:
+    return Role.PRIMARY if isinstance(h.engine, PrimaryEngine) else Role.SECONDARY
+
+
+def _add_transition_tests() -> None:
+    for role, (transitions, _, _) in ENGINES.items():
+        for transition in transitions:
+            def test(self: TransitionTests, role: Role = role, transition: Transition = transition) -> None:
+                self.run_transition(role, transition)
+            name = f"test_{role.value}_{transition.old}_{transition.input}"
+            test.__name__ = name
+            test.__doc__ = f"{role.value}: {transition.old} --{transition.input}--> {transition.new}"
+            setattr(TransitionTests, name, test)
+
+
+_add_transition_tests()
