@@ -247,7 +247,7 @@ def write_config(workdir: Path, role: str, nbd_port: int, memory: bool) -> Path:
 
 def make_images(workdir: Path, memory: bool) -> None:
     """Identical disks on both sides, the secondary's empty overlays, and zeroed memory images."""
-    for role in config.ROLES:
+    for role in Role:
         (workdir / f"{role}-disk.raw").write_bytes(b"\x11" * DISK_SIZE)
         if memory:
             MemoryImage.create(workdir / f"{role}.ram", IMAGE_PAGES).close()

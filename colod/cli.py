@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from colod import config
 from colod.config import ConfigError
 from colod.qemu_args import device_model_args, qemu_args
+from colod.role import Role
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         "make its device state loadable, then -blockdev "
         "arguments: the quorum on the primary; the disk, its overlays, the replication node and the "
         "quorum on the secondary.")
-    args.add_argument("--role", required=True, choices=config.ROLES)
+    args.add_argument("--role", required=True, choices=[role.value for role in Role])
     args.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
                       help=f"colod's configuration (default {config.DEFAULT_PATH})")
     args.add_argument("--domain", metavar="NAME", help="the domain (needed when FILE has several)")
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
-    loaded = config.load(options.config, options.role)
+    role = Role(options.role)
+    loaded = config.load(options.config, role)
     names = [d.name for d in loaded.domains]
     if options.domain is None:
         if len(names) > 1:
@@ -53,11 +55,11 @@ def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> 
     if domain.xen is not None:
         parser.error(f"domain {domain.name!r} is a Xen domain: libxl starts its QEMU (docs/xen.md)")
     if options.device_model:
-        if options.role != "secondary":
+        if role is not Role.SECONDARY:
             parser.error("--device-model is for the secondary's separate device model")
         args = device_model_args(incoming=True)
     else:
-        args = qemu_args(domain, options.role)
+        args = qemu_args(domain, role)
     print("\n".join(shlex.join(args[i:i + 2]) for i in range(0, len(args), 2)))
 
 

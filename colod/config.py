@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import attrs
 
 from colod.endpoints import client_problem, host_problem, server_problem, tcp_port
+from colod.role import Role
 
 DEFAULT_PATH = "/etc/colod/colod.toml"
-ROLES = ("primary", "secondary")
 
 # QEMU's own node-name rule (block.c): a letter first, then letters, digits,
 # '-', '_' or '.', at most 31 characters in all.
@@ -118,7 +118,8 @@ class Config:
     """The whole, validated configuration of one colod."""
 
     path: str
-    role: str
+    #: A Role however given (``--role``'s text included): comparisons with ``is`` hold.
+    role: Role = attrs.field(converter=Role)
     node_name: str
     state_dir: str
     control_socket: str
@@ -127,11 +128,12 @@ class Config:
     qmp: QMPConfig
     domains: tuple[DomainConfig, ...]
 
-    def with_role(self, role: str) -> Config:
+    def with_role(self, role: Role | str) -> Config:
         """This configuration with the role overridden (``--role``), checked again."""
-        if role not in ROLES:
-            raise ConfigError(f"{self.path}: role: must be 'primary' or 'secondary' (got {role!r})")
-        changed = attrs.evolve(self, role=role)
+        try:
+            changed = attrs.evolve(self, role=role)
+        except ValueError:
+            raise ConfigError(f"{self.path}: role: must be 'primary' or 'secondary' (got {role!r})") from None
         _check_role_link(changed)
         return changed
 
@@ -273,7 +275,7 @@ _FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"
                  (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
 
 
-def load(path: str | Path, role: str | None = None) -> Config:
+def load(path: str | Path, role: Role | str | None = None) -> Config:
     """Read and validate the file at ``path``; ``role`` overrides the file's role."""
     path = str(path)
     try:
@@ -312,7 +314,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
     """Validate the TOML document ``data`` read from ``path``."""
     top = _Table(path, "", data)
     colod = top.table("colod")
-    role = colod.take("role", str, check=_one_of(ROLES))
+    role = Role(colod.take("role", str, check=_one_of(tuple(r.value for r in Role))))
     node_name = colod.take("node_name", str, check=_plain_name)
     state_dir = colod.take("state_dir", str, "/var/lib/colod", check=_absolute_path)
     control_socket = colod.take("control_socket", str, "/run/colod/control.sock", check=_absolute_path)
@@ -498,15 +500,15 @@ def _existing_ancestor(path: str) -> tuple[str, int | None]:
 def _check_role_link(config: Config) -> None:
     """The secondary needs an address to listen on, the primary one to connect to, and for a Xen
     domain the guest's xl configuration."""
-    needed = "listen" if config.role == "secondary" else "connect"
+    needed = "listen" if config.role is Role.SECONDARY else "connect"
     if getattr(config.peer, needed) is None:
         why = "the secondary listens for the primary" if needed == "listen" else (
             "the primary connects to the secondary")
         raise ConfigError(
-            f"{config.path}: peer.{needed}: missing required key for role {config.role!r} ({why})"
+            f"{config.path}: peer.{needed}: missing required key for role '{config.role}' ({why})"
         )
     for index, domain in enumerate(config.domains):
-        if config.role == "secondary" and domain.xen is not None and domain.xen.xl_config is None:
+        if config.role is Role.SECONDARY and domain.xen is not None and domain.xen.xl_config is None:
             raise ConfigError(
                 f"{config.path}: domain[{index}].xen.xl_config: missing required key for role 'secondary' "
                 "(Xen's receiver creates the domain from it)"

@@ -22,6 +22,7 @@ import attrs
 
 from colod.config import NODE_PREFIX, DiskConfig, DomainConfig
 from colod.guest.device_model import DEVICE_MODEL_ARGS, DEVICE_MODEL_MACHINE_OPTIONS, SECONDARY_ARGS
+from colod.role import Role
 
 
 @attrs.frozen
@@ -135,9 +136,9 @@ def device_model_args(incoming: bool = False) -> list[str]:
     return [*args, *SECONDARY_ARGS] if incoming else args
 
 
-def qemu_args(domain: DomainConfig, role: str) -> list[str]:
+def qemu_args(domain: DomainConfig, role: Role) -> list[str]:
     """The device-model options and ``domain``'s disks' ``-blockdev`` arguments for a QEMU on ``role``."""
-    build = {"primary": primary_blockdevs, "secondary": secondary_blockdevs}[role]
+    build = {Role.PRIMARY: primary_blockdevs, Role.SECONDARY: secondary_blockdevs}[role]
     args = device_model_args()
     for n in disk_nodes(domain):
         for blockdev in build(n):

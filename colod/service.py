@@ -42,6 +42,7 @@ from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine
 from colod.guest.qemu_guest import QemuGuest
 from colod.qmp import REQUIRED_COMMANDS, QemuInfo, QMPCapabilityError, QMPConnection, QMPFailure
 from colod.retry import Retry
+from colod.role import Role
 from colod.xen.domain import DomainError, qmp_socket
 from colod.xen.setup import DEVICE_MODEL_COMMANDS, XenSetupError, domain_id, primary_guest, secondary_guest
 
@@ -92,7 +93,7 @@ class DomainService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self._domain.xen is not None and self._config.role == "secondary":
+        if self._domain.xen is not None and self._config.role is Role.SECONDARY:
             self._protecting = Deferred.fromCoroutine(self._protect(None))
             self._protecting.addErrback(self._protect_failed)
         else:
@@ -137,7 +138,7 @@ class DomainService(Service):
         state_dir = Path(config.state_dir) / domain.name
         if domain.xen is not None:
             timeout = checkpoint_timeout(config)
-            if config.role == "primary":
+            if config.role is Role.PRIMARY:
                 assert qmp is not None and self._domid is not None
                 self._guest = primary_guest(domain.xen, self._domid, qmp, self._reactor, state_dir, timeout)
             else:
@@ -154,7 +155,7 @@ class DomainService(Service):
         devices = DeviceGroup(domain, config.role, qmp, self._reactor)  # type: ignore[arg-type]
         status = StatusFile(state_dir, self._reactor)
         common = (domain, config.node_name, self._guest, devices, self._reactor, status, qmp)
-        if config.role == "primary":
+        if config.role is Role.PRIMARY:
             self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval,
                                         checkpoint_timeout=checkpoint_timeout(config))
         else:
@@ -166,7 +167,7 @@ class DomainService(Service):
     async def _device_model_qmp(self, qmp: QMPConnection) -> QMPConnection:
         """The QMP connection of the guest's device model: its own QEMU on a secondary that has one."""
         socket = self._domain.device_model_socket
-        if self._config.role != "secondary" or socket is None:
+        if self._config.role is not Role.SECONDARY or socket is None:
             return qmp
         qmp_config = self._config.qmp
         self._device_model = connection = QMPConnection(

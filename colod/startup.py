@@ -19,6 +19,7 @@ from pathlib import Path
 from colod.config import Config
 from colod.endpoints import listen_problem
 from colod.guest.memory_image import MemoryImage
+from colod.role import Role
 
 #: Bytes written, and synced, to see that the state directory takes data (a full disk takes none).
 PROBE_SIZE = 4096
@@ -26,7 +27,7 @@ PROBE_SIZE = 4096
 
 def problem(config: Config) -> str | None:
     """The first thing that stops ``config`` working here now, as ``key: problem``; None if nothing does."""
-    if config.role == "secondary":
+    if config.role is Role.SECONDARY:
         assert config.peer.listen is not None  # the configuration requires it for the secondary
         found = listen_problem(config.peer.listen)
         if found is not None:

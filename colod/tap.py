@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from colod import config as configuration
 from colod.reactor import WrongReactor, use_asyncio_reactor
+from colod.role import Role
 
 if TYPE_CHECKING:
     from colod.service import ColodService
@@ -36,9 +37,10 @@ class Options(usage.Options):
 
     def opt_role(self, role: str) -> None:
         """This node's role, 'primary' or 'secondary'; overrides [colod].role in the file."""
-        if role not in configuration.ROLES:
-            raise usage.UsageError(f"--role must be 'primary' or 'secondary', not {role!r}")
-        self["role"] = role
+        try:
+            self["role"] = Role(role)
+        except ValueError:
+            raise usage.UsageError(f"--role must be 'primary' or 'secondary', not {role!r}") from None
 
     opt_r = opt_role
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from colod import config
+from colod import config, tap
 from colod.endpoints import client_problem, host_problem, server_problem
+from colod.role import Role
 from colod.testing.lab import free_port
 from tests.rig import ScratchTestCase
 
@@ -127,6 +128,19 @@ class ExampleConfigTests(ScratchTestCase):
         path.write_text(GOOD)
         self.assertEqual(config.load(path, "primary").role, "primary")
         self.assertEqual(config.load(path).role, "secondary")
+
+    def test_role_is_the_enum(self) -> None:
+        """The role is a Role from the file and from --role, so that ``is`` comparisons below hold."""
+        path = self.workdir / "colod.toml"
+        path.write_text(GOOD)
+        self.assertIs(config.load(path).role, Role.SECONDARY)
+        self.assertIs(config.load(path, "primary").role, Role.PRIMARY)
+        options = tap.Options()
+        options.parseOptions(["--role", "primary", "--config", str(path)])
+        self.assertIs(options["loaded"].role, Role.PRIMARY)
+        with self.assertRaises(config.ConfigError) as raised:
+            config.load(path).with_role("tertiary")
+        self.assertIn("role: must be 'primary' or 'secondary' (got 'tertiary')", str(raised.exception))
 
 
 def test_numbers_at_their_bounds() -> None:

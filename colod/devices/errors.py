@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from colod.config import ConfigError
+from colod.role import Role
 
 
 class DeviceError(Exception):
@@ -21,7 +22,7 @@ class DeviceError(Exception):
 class UnhandledDevice(DeviceError, ConfigError):
     """A configured device that no provider takes for this role: a configuration error."""
 
-    def __init__(self, domain: str, kind: str, name: str, role: str, declined: Mapping[str, str]) -> None:
+    def __init__(self, domain: str, kind: str, name: str, role: Role, declined: Mapping[str, str]) -> None:
         self.domain = domain
         self.kind = kind
         self.name = name

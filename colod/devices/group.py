@@ -22,6 +22,7 @@ from colod.devices.interfaces import DeviceContext, DeviceHealth, ICheckpointDev
 from colod.devices.parallel import run_all
 from colod.devices.registry import ProviderRegistry, default_registry
 from colod.qmp import QMPConnection
+from colod.role import Role
 
 # Deadline of one hook on all devices.  Setup connects NBD and failover commits
 # the overlays, both well under a second on a healthy host (lab notes §9).
@@ -36,7 +37,7 @@ class DeviceGroup:
     def __init__(
         self,
         domain: DomainConfig,
-        role: str,
+        role: Role,
         qmp: QMPConnection,
         clock: IReactorTime,
         *,
@@ -45,7 +46,7 @@ class DeviceGroup:
     ) -> None:
         """``clock`` times each hook's deadline: the service's reactor, a task.Clock in tests."""
         self.domain = domain
-        self.role = role
+        self.role = Role(role)
         self.timeout = timeout
         self._clock = clock
         self._context = DeviceContext(domain=domain, role=role, qmp=qmp, clock=clock, timeout=timeout)
@@ -98,14 +99,14 @@ class DeviceGroup:
 
     def failover(self) -> Deferred[None]:
         """Secondary: the primary is gone; this node's copy becomes the live one."""
-        return self._for_role("failover", "secondary")
+        return self._for_role("failover", Role.SECONDARY)
 
     def drop_secondary(self) -> Deferred[None]:
         """Primary: the secondary is gone; detach it and keep the guest's I/O going."""
-        return self._for_role("drop_secondary", "primary")
+        return self._for_role("drop_secondary", Role.PRIMARY)
 
-    def _for_role(self, hook: str, role: str) -> Deferred[None]:
-        if self.role != role:
+    def _for_role(self, hook: str, role: Role) -> Deferred[None]:
+        if self.role is not role:
             return fail(DeviceError(f"{hook} is a {role} step, and this is the {self.role}"))
         return self._run(hook, self._begun).addCallback(lambda _: None)
 

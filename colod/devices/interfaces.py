@@ -26,6 +26,7 @@ from zope.interface import Attribute, Interface
 
 from colod.config import DomainConfig
 from colod.qmp import QMPConnection
+from colod.role import Role
 
 # Device kinds, as libxl has VBD and VIF; the device model is a kind of its own.
 DISK = "disk"
@@ -47,7 +48,7 @@ class DeviceContext:
     """What a provider's devices may use: the domain, this node's role, its QEMU, time."""
 
     domain: DomainConfig
-    role: str
+    role: Role
     qmp: QMPConnection
     clock: IReactorTime
     # The deadline of one hook; providers bound their own waits by it too.
@@ -104,7 +105,7 @@ class IDeviceProvider(Interface):
 
     name = Attribute("str: the provider's name, for logs and errors")
     kind = Attribute("str: the device kind it handles (DISK, NIC, DEVICE_MODEL)")
-    role = Attribute("str: 'primary' or 'secondary'")
+    role = Attribute("colod.role.Role: the role whose devices it makes")
 
     def decline(device: DeviceSpec) -> str | None:
         """None if this provider takes ``device``, else why not (the next provider is asked)."""

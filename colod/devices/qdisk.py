@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from zope.interface import implementer
 
-from colod.config import ROLES
 from colod.devices.interfaces import DISK, DeviceContext, DeviceSpec, ICheckpointDevice, IDeviceProvider
 from colod.devices.qdisk_primary import PrimaryDisks
 from colod.devices.qdisk_secondary import SecondaryDisks
 from colod.qemu_args import disk_nodes
+from colod.role import Role
 
 
 @implementer(IDeviceProvider)
@@ -24,10 +24,8 @@ class QdiskProvider:
 
     kind = DISK
 
-    def __init__(self, role: str) -> None:
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES} (got {role!r})")
-        self.role = role
+    def __init__(self, role: Role) -> None:
+        self.role = Role(role)
         self.name = f"qdisk-{role}"
 
     def decline(self, device: DeviceSpec) -> str | None:
@@ -37,5 +35,5 @@ class QdiskProvider:
     def bind(self, devices: Sequence[DeviceSpec], context: DeviceContext) -> ICheckpointDevice:
         wanted = {d.name for d in devices}
         nodes = tuple(n for n in disk_nodes(context.domain) if n.disk.name in wanted)
-        handler = PrimaryDisks if self.role == "primary" else SecondaryDisks
+        handler = PrimaryDisks if self.role is Role.PRIMARY else SecondaryDisks
         return handler(nodes, context)

@@ -16,6 +16,7 @@ from colod.config import DomainConfig
 from colod.devices.errors import UnhandledDevice
 from colod.devices.interfaces import DISK, DeviceSpec, IDeviceProvider
 from colod.devices.qdisk import QdiskProvider
+from colod.role import Role
 
 
 def domain_devices(domain: DomainConfig) -> list[DeviceSpec]:
@@ -37,10 +38,10 @@ class ProviderRegistry:
             raise TypeError(f"{provider!r} does not provide IDeviceProvider")
         self._providers.setdefault((provider.kind, provider.role), []).append(provider)
 
-    def providers(self, kind: str, role: str) -> list[IDeviceProvider]:
+    def providers(self, kind: str, role: Role) -> list[IDeviceProvider]:
         return list(self._providers.get((kind, role), ()))
 
-    def match(self, domain: DomainConfig, role: str) -> list[tuple[IDeviceProvider, list[DeviceSpec]]]:
+    def match(self, domain: DomainConfig, role: Role) -> list[tuple[IDeviceProvider, list[DeviceSpec]]]:
         """Each provider that took devices of ``domain``, with those devices.
 
         Fails with UnhandledDevice for the first device nobody takes.
@@ -61,4 +62,4 @@ class ProviderRegistry:
 
 def default_registry() -> ProviderRegistry:
     """The providers colod ships with."""
-    return ProviderRegistry([QdiskProvider("primary"), QdiskProvider("secondary")])
+    return ProviderRegistry([QdiskProvider(role) for role in Role])

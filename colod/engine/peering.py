@@ -22,9 +22,10 @@ from zope.interface import implementer
 
 from colod.config import Config, DomainConfig
 from colod.protocol import HandshakeError, Record
-from colod.protocol.handshake import Hello, Role
+from colod.protocol.handshake import Hello
 from colod.protocol.peer import IPeerLinkObserver, LinkTiming, PeerLink, PeerLinkFactory
 from colod.retry import Retry
+from colod.role import Role
 
 #: Seconds between the primary's attempts to reach its secondary.
 RETRY_INTERVAL = 2.0
@@ -41,10 +42,10 @@ class PeerEndpoint:
         self._reactor = reactor
         self._dialler: _Dialler | None = None
         observer = engine
-        if Role(config.role) is Role.PRIMARY:
+        if config.role is Role.PRIMARY:
             observer = self._dialler = _Dialler(engine)
         self._factory = PeerLinkFactory(
-            local=Hello(Role(config.role), domain.name, config.node_name),
+            local=Hello(config.role, domain.name, config.node_name),
             peer_node=config.peer.node_name,
             observer=observer,
             clock=reactor,

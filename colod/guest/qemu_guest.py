@@ -35,6 +35,7 @@ from colod.protocol import (
     Record,
     StaticDataEnd,
 )
+from colod.role import Role
 
 _T = TypeVar("_T")
 
@@ -47,9 +48,9 @@ class CheckpointDataError(Exception):
 class QemuGuest:
     """One domain's guest on one node: its device model and, optionally, its memory image."""
 
-    def __init__(self, role: str, device_model: DeviceModelEngine, memory_image: str | None,
+    def __init__(self, role: Role, device_model: DeviceModelEngine, memory_image: str | None,
                  clock: IReactorTime, timeout: float) -> None:
-        self._primary = role == "primary"
+        self._primary = Role(role) is Role.PRIMARY
         self._device_model = device_model
         self._clock = clock
         self._timeout = timeout

@@ -20,10 +20,11 @@ single guest page moves.  Layout (big-endian, like Xen's stream headers)::
 
 from __future__ import annotations
 
-import enum
 import struct
 
 import attrs
+
+from colod.role import Role
 
 from .wire import padding
 
@@ -31,13 +32,6 @@ MAGIC = b"ColodLnk"
 VERSION = 1
 NAME_MAX = 255
 _FIXED = struct.Struct(">8sHBBHH")
-
-
-class Role(enum.Enum):
-    """The same strings as the configuration's C{role}."""
-
-    PRIMARY = "primary"
-    SECONDARY = "secondary"
 
 
 _ROLE_CODES = {Role.PRIMARY: 1, Role.SECONDARY: 2}

@@ -26,6 +26,7 @@ from colod import cli, config
 from colod.config import Config, DomainConfig
 from colod.devices import DeviceGroup, ProviderRegistry
 from colod.qmp import QMPConnection
+from colod.role import Role
 from colod.testing.lab import free_port
 from colod.testing.qemu_process import QemuProcess
 from tests.rig import QemuTestCase, sleep
@@ -137,7 +138,7 @@ class ReplicationTestCase(QemuTestCase):
     def make_images(self, disks: int, overlay_size: int = SIZE) -> None:
         """Both sides' disks, identical, and the secondary's empty overlays."""
         for i in range(disks):
-            for role in config.ROLES:
+            for role in Role:
                 self.image(role, i).write_bytes(bytes([base_pattern(i)]) * SIZE)
             for kind in ("active", "hidden"):
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.overlay(kind, i)),
