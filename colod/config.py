@@ -122,7 +122,6 @@ class Config:
     role: Role = attrs.field(converter=Role)
     node_name: str
     state_dir: str
-    control_socket: str
     checkpoint_interval: float
     peer: PeerConfig
     qmp: QMPConfig
@@ -317,7 +316,6 @@ def parse(data: dict[str, Any], path: str) -> Config:
     role = Role(colod.take("role", str, check=_one_of(tuple(r.value for r in Role))))
     node_name = colod.take("node_name", str, check=_plain_name)
     state_dir = colod.take("state_dir", str, "/var/lib/colod", check=_absolute_path)
-    control_socket = colod.take("control_socket", str, "/run/colod/control.sock", check=_absolute_path)
     checkpoint_interval = colod.take("checkpoint_interval", float, 5.0, check=_seconds(*CHECKPOINT_INTERVAL))
     colod.done()
 
@@ -362,7 +360,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
             raise ConfigError(f"{path}: {where}.nbd_port: {listen_port} is also peer.listen's port; on the "
                               "secondary colod and the NBD server cannot both listen on it")
     config = Config(path=path, role=role, node_name=node_name, state_dir=state_dir,
-                    control_socket=control_socket, checkpoint_interval=checkpoint_interval,
+                    checkpoint_interval=checkpoint_interval,
                     peer=peer, qmp=qmp, domains=domains)
     _check_files(config)
     _check_role_link(config)
@@ -455,7 +453,7 @@ def _check_files(config: Config) -> None:
     Paths are compared once symbolic links and ``..`` are resolved; only
     what exists on this host can be checked for its kind.
     """
-    files = [("colod.control_socket", config.control_socket)]
+    files: list[tuple[str, str | None]] = []
     for i, domain in enumerate(config.domains):
         where = f"domain[{i}]"
         files += [(f"{where}.{key}", getattr(domain, key)) for key in _DOMAIN_FILES]

@@ -231,9 +231,6 @@ BAD = [
         "domain[0].disk[0].image: the same file as domain[0].memory_image ('/srv/guest1.raw')"),
     Bad("device_model_is_the_qmp_socket", with_domain('device_model_socket = "/run/guest1.qmp"'),
         "domain[0].device_model_socket: the same file as domain[0].qmp_socket ('/run/guest1.qmp')"),
-    Bad("control_socket_is_the_qmp_socket",
-        with_colod('control_socket = "/run/guest1.qmp"'),
-        "domain[0].qmp_socket: the same file as colod.control_socket ('/run/guest1.qmp')"),
     Bad("same_image_twice", GOOD + SECOND_DISK.replace("/dev/shm/b-h.qcow2", "/dev/shm/a.qcow2"),
         "domain[0].disk[1].hidden_image: the same file as domain[0].disk[0].active_image "
         "('/dev/shm/a.qcow2')"),

@@ -99,7 +99,7 @@ class ExampleConfigTests(ScratchTestCase):
         )
         self.assertEqual(loaded, config.Config(
             path=str(EXAMPLE), role="secondary", node_name="dom0-b", state_dir="/var/lib/colod",
-            control_socket="/run/colod/control.sock", checkpoint_interval=5.0,
+            checkpoint_interval=5.0,
             peer=config.PeerConfig(
                 listen="tcp:9000:interface=0.0.0.0", connect="tcp:host=192.0.2.10:port=9000:timeout=5",
                 heartbeat_interval=0.5, heartbeat_timeout=3.0, node_name="dom0-a",
@@ -115,8 +115,8 @@ class ExampleConfigTests(ScratchTestCase):
         """Keys left out take the documented defaults."""
         loaded = config.parse(__import__("tomllib").loads(GOOD), "good.toml")
         self.assertEqual(
-            (loaded.state_dir, loaded.control_socket, loaded.checkpoint_interval),
-            ("/var/lib/colod", "/run/colod/control.sock", 5.0),
+            (loaded.state_dir, loaded.checkpoint_interval),
+            ("/var/lib/colod", 5.0),
         )
         self.assertEqual(loaded.peer.heartbeat_interval, 0.5)
         self.assertEqual(loaded.qmp, config.QMPConfig(command_timeout=5.0, connect_timeout=10.0))

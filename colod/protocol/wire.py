@@ -31,16 +31,11 @@ LIBXL_OPT_LEGACY = 1 << 1
 
 IHDR_MARKER = 0xFFFFFFFFFFFFFFFF
 IHDR_ID = 0x58454E46  # "XENF"
-IHDR_VERSION = 3
 IHDR_VERSIONS = frozenset({2, 3})
 IHDR_OPT_BIG_ENDIAN = 1 << 0
 
 #: Bit 31 of a record type: a reader may skip the record if it does not know it.
 REC_TYPE_OPTIONAL = 0x80000000
-
-#: PAGE_DATA pfn word: bits 63-60 page type, 59-52 reserved, 51-0 pfn.
-PFN_BITS = 52
-PFN_LIMIT = 1 << PFN_BITS
 
 
 def padding(length: int) -> int:

@@ -349,7 +349,6 @@ class Lab:
 role = "{node.role}"
 node_name = "{node.name}"
 state_dir = "{node.state_dir}"
-control_socket = "{node.dir}/control.sock"
 checkpoint_interval = {self.checkpoint_interval}
 
 [peer]

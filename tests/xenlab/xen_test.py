@@ -53,7 +53,6 @@ def config(role: str, node: str, peer: str, link: str, xen: str) -> str:
 role = "{role}"
 node_name = "{node}"
 state_dir = "/var/lib/colod-{node}"
-control_socket = "/run/colod-{node}.sock"
 checkpoint_interval = 1.0
 
 [peer]
