@@ -33,8 +33,9 @@ class LibxlQMP:
     """
     One QEMU's monitor, one blocking connection per command.
 
-    Its attributes are the part of QMPConnection that DeviceGroup,
-    DeviceModelEngine and the engines touch: execute(), info, connected and
+    It speaks colod.qmp.QMP, the surface that DeviceGroup, DeviceModelEngine
+    and the engines use, all but send_fd (a failover's device-state load,
+    which the bench never runs): execute(), info, connected and
     busy_seconds; errors are colod.qmp's, with QEMU's class and description
     as QMPConnection gives them.
     """

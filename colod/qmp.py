@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, QMPClient, QMPError
@@ -99,6 +99,38 @@ class QemuInfo:
 
     version: str
     commands: frozenset[str]
+
+
+class QMPCommands(Protocol):
+    """Runs QMP commands: all that a Xen domain's save path needs of its device model (colod.xen.domain)."""
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float | None = None,
+                *, oob: bool = False) -> Deferred[Any]:
+        """Run one command; its ``return`` value, or a QMPFailure (QMPConnection.execute)."""
+
+
+class QMP(QMPCommands, Protocol):
+    """The QMP surface that the engines, the devices and the guest's device model use.
+
+    QMPConnection is the daemon's.  bench/libxl_style.LibxlQMP speaks it as
+    libxl did, all but send_fd: only a device model loading its state at
+    failover passes a file, and the bench never fails over.
+    """
+
+    @property
+    def info(self) -> QemuInfo | None:
+        """What the probe found: the QEMU's version and commands (None before it)."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether a command can reach QEMU now."""
+
+    @property
+    def busy_seconds(self) -> float:
+        """Wall-clock seconds during which QEMU had a command to answer: its share of a pause."""
+
+    def send_fd(self, fd: int, name: str, timeout: float | None = None) -> Deferred[None]:
+        """Pass ``fd`` to QEMU under ``name`` (QMPConnection.send_fd)."""
 
 
 class _CallbackListener(EventListener):

@@ -26,7 +26,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -75,6 +75,7 @@ class DomainService(Service):
 
     def __init__(self, config: Config, domain: DomainConfig, reactor: IReactorTime,
                  fail: Callable[[str], None]) -> None:
+        """``reactor`` also provides IReactorProcess for a Xen domain: its tools and helpers are processes."""
         self.setName(f"domain-{domain.name}")
         self._config = config
         self._domain = domain
@@ -105,7 +106,8 @@ class DomainService(Service):
     async def _reach_qemu(self) -> QemuInfo:
         socket, required = self._domain.qmp_socket, REQUIRED_COMMANDS
         if self._domain.xen is not None:
-            self._domid = await domain_id(self._reactor, self._domain.xen, self._config.qmp.connect_timeout)
+            self._domid = await domain_id(IReactorProcess(self._reactor), self._domain.xen,
+                                          self._config.qmp.connect_timeout)
             socket, required = qmp_socket(self._domid), DEVICE_MODEL_COMMANDS
         assert socket is not None  # the configuration requires it for a QEMU domain
         self.connection = QMPConnection(
@@ -140,9 +142,10 @@ class DomainService(Service):
             timeout = checkpoint_timeout(config)
             if config.role is Role.PRIMARY:
                 assert qmp is not None and self._domid is not None
-                self._guest = primary_guest(domain.xen, self._domid, qmp, self._reactor, state_dir, timeout)
+                self._guest = primary_guest(domain.xen, self._domid, qmp, IReactorProcess(self._reactor),
+                                            state_dir, timeout)
             else:
-                self._guest = secondary_guest(domain.xen, self._reactor, timeout)
+                self._guest = secondary_guest(domain.xen, IReactorProcess(self._reactor), timeout)
         else:
             assert qmp is not None
             device_model = DeviceModelEngine(await self._device_model_qmp(qmp), state_dir, self._reactor)
@@ -151,15 +154,15 @@ class DomainService(Service):
                                         timeout=config.qmp.command_timeout)
             except (OSError, ValueError) as e:
                 raise ProtectionError(f"cannot use the guest's memory image: {e}") from None
-        # type: ignore[arg-type]: a Xen secondary has no QMP, and no devices to drive with it.
-        devices = DeviceGroup(domain, config.role, qmp, self._reactor)  # type: ignore[arg-type]
+        devices = DeviceGroup(domain, config.role, qmp, self._reactor)
         status = StatusFile(state_dir, self._reactor)
-        common = (domain, config.node_name, self._guest, devices, self._reactor, status, qmp)
+        common = (domain, config.node_name, self._guest, devices, self._reactor, status)
         if config.role is Role.PRIMARY:
-            self.engine = PrimaryEngine(*common, interval=config.checkpoint_interval,
+            assert qmp is not None  # only a Xen secondary has none
+            self.engine = PrimaryEngine(*common, qmp, interval=config.checkpoint_interval,
                                         checkpoint_timeout=checkpoint_timeout(config))
         else:
-            self.engine = SecondaryEngine(*common)
+            self.engine = SecondaryEngine(*common, qmp)
         self.engine.publish()
         self._peer = PeerEndpoint(config, domain, self.engine, self._reactor)
         self._peer.start().addErrback(self._peer_failed)
@@ -214,14 +217,14 @@ class DomainService(Service):
             return
         self.log.warn("domain {domain}: {reason}; reconnecting", domain=self._domain.name, reason=reason)
         if self.engine is not None:
-            self.engine.qemu_lost(str(reason))  # type: ignore[attr-defined]
+            self.engine.qemu_lost(str(reason))
         self._reaching.start()
 
     def _device_model_lost(self, reason: QMPFailure) -> None:
         if self.running and self.engine is not None:
             self.log.error("domain {domain}: the device model's QEMU: {reason}",
                            domain=self._domain.name, reason=reason)
-            self.engine.qemu_lost(str(reason))  # type: ignore[attr-defined]
+            self.engine.qemu_lost(str(reason))
 
     @inlineCallbacks
     def stopService(self) -> Any:

@@ -1,7 +1,7 @@
 """Checkpoint device providers (zope.interface), one module per device kind.
 
 The checkpoint engine uses DeviceGroup: one per protected domain, built from
-the domain's configuration, this node's role and the domain's QMPConnection.
+the domain's configuration, this node's role and the domain's QMP (colod.qmp.QMP).
 Its hooks follow libxl's checkpoint devices (xen-colo-protocol.md §4) and
 each runs on every device in parallel under one deadline.  Providers register
 in a ProviderRegistry per device kind and role; the disk provider (qdisk)

@@ -21,7 +21,7 @@ from colod.devices.errors import DeviceError, DeviceFailures
 from colod.devices.interfaces import DeviceContext, DeviceHealth, ICheckpointDevice
 from colod.devices.parallel import run_all
 from colod.devices.registry import ProviderRegistry, default_registry
-from colod.qmp import QMPConnection
+from colod.qmp import QMP
 from colod.role import Role
 
 # Deadline of one hook on all devices.  Setup connects NBD and failover commits
@@ -38,21 +38,32 @@ class DeviceGroup:
         self,
         domain: DomainConfig,
         role: Role,
-        qmp: QMPConnection,
+        qmp: QMP | None,
         clock: IReactorTime,
         *,
         registry: ProviderRegistry | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        """``clock`` times each hook's deadline: the service's reactor, a task.Clock in tests."""
+        """``clock`` times each hook's deadline: the service's reactor, a task.Clock in tests.
+
+        ``qmp`` is None where this node has no QEMU for the domain (a Xen
+        secondary, until Xen's receiver makes one): then no device may be configured.
+        """
         self.domain = domain
         self.role = Role(role)
         self.timeout = timeout
         self._clock = clock
-        self._context = DeviceContext(domain=domain, role=role, qmp=qmp, clock=clock, timeout=timeout)
+        self._qmp = qmp
         self._registry = registry if registry is not None else default_registry()
         self._devices: list[ICheckpointDevice] | None = None
         self._begun: list[ICheckpointDevice] = []
+
+    def _context(self) -> DeviceContext:
+        """What a provider's devices use; only devices need the domain's QEMU."""
+        if self._qmp is None:
+            raise DeviceError(f"domain {self.domain.name}: its devices need its QEMU, and this node has none")
+        return DeviceContext(domain=self.domain, role=self.role, qmp=self._qmp, clock=self._clock,
+                             timeout=self.timeout)
 
     def _run(self, hook: str, devices: Sequence[ICheckpointDevice]) -> Deferred[list[object]]:
         return Deferred.fromCoroutine(run_all(
@@ -66,7 +77,7 @@ class DeviceGroup:
 
     async def _setup(self) -> None:
         if self._devices is None:
-            self._devices = [provider.bind(specs, self._context)
+            self._devices = [provider.bind(specs, self._context())
                              for provider, specs in self._registry.match(self.domain, self.role)]
         self._begun = list(self._devices)
         try:
@@ -124,7 +135,8 @@ class DeviceGroup:
 
     async def _health_of(self, device: ICheckpointDevice) -> list[DeviceHealth]:
         try:
-            [report] = await run_all("health", [(device.names, device.health)], (self.timeout, self._clock))
+            reports: list[Sequence[DeviceHealth]] = await run_all(
+                "health", [(device.names, device.health)], (self.timeout, self._clock))
         except DeviceFailures as failure:
             return [DeviceHealth(name, False, str(error)) for name, error in failure.failures.items()]
-        return list(report)
+        return list(reports[0])

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import Attribute, Interface
 
 from colod.config import DomainConfig
-from colod.qmp import QMPConnection
+from colod.qmp import QMP
 from colod.role import Role
 
 # Device kinds, as libxl has VBD and VIF; the device model is a kind of its own.
@@ -49,7 +49,7 @@ class DeviceContext:
 
     domain: DomainConfig
     role: Role
-    qmp: QMPConnection
+    qmp: QMP
     clock: IReactorTime
     # The deadline of one hook; providers bound their own waits by it too.
     timeout: float

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from colod.devices.errors import DeviceFailures, DeviceTimeout
 
@@ -48,7 +49,8 @@ async def run_all(
         if ok:
             results.append(value)
             continue
-        error = value.value
+        assert isinstance(value, Failure) and value.value is not None  # DeferredList's outcome of a failure
+        error: BaseException = value.value
         if isinstance(error, DeviceFailures):
             failures.update(error.failures)
             continue

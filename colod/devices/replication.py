@@ -192,10 +192,10 @@ class ReplicatedDisks:
     def drop_secondary(self) -> Deferred[None]:
         return fail(DeviceError("only the primary's disks have a secondary to drop"))
 
-    def health(self) -> Deferred[list[DeviceHealth]]:
+    def health(self) -> Deferred[Sequence[DeviceHealth]]:
         return Deferred.fromCoroutine(self._health())
 
-    async def _health(self) -> list[DeviceHealth]:
+    async def _health(self) -> Sequence[DeviceHealth]:
         if not self._replicating:
             problem: str | None = "replication is not running"
         else:

@@ -90,7 +90,7 @@ def _kept(data: Buffer) -> memoryview:
     (a short record read in one chunk), whose rest a view would keep alive."""
     view = memoryview(data)
     base = view.obj
-    if base is not None and len(base) > 2 * view.nbytes:
+    if base is not None and memoryview(base).nbytes > 2 * view.nbytes:
         return memoryview(bytes(view))
     return view
 

@@ -52,7 +52,8 @@ from colod.protocol import (
     type_name,
 )
 from colod.protocol.peer import IPeerLinkObserver, PeerLink
-from colod.qmp import QMPConnection, QMPDisconnected
+from colod.qmp import QMP, QMPDisconnected
+from colod.role import Role
 
 
 class ProtocolViolation(Exception):
@@ -110,14 +111,15 @@ class EngineCore(ABC, Generic[Inputs, Name]):
     """
 
     log = Logger()
-    role: str
+    #: What this node is for the domain: a secondary that took over is the primary.
+    role: Role
     #: The engine's machine: feed it inputs, never ask it where it is.
     machine: Inputs
     #: The name of the machine's state, for status.json and the log.
     state: Name
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection | None) -> None:
+                 clock: IReactorTime, status: StatusFile, qmp: QMP | None) -> None:
         self.domain = domain
         self.node = node
         self.guest = guest

@@ -63,7 +63,9 @@ class MachineBuilder(Generic[Inputs, Core, Name]):
     The first state declared is the initial one.
     """
 
-    def __init__(self, inputs: type[Inputs], core: type[Core]) -> None:
+    def __init__(self, inputs: Callable[[], Inputs], core: type[Core]) -> None:
+        """``inputs`` is the inputs' Protocol class, typed as automat types it (mypy holds a ``type[]``
+        of a Protocol abstract)."""
         self._builder: TypeMachineBuilder[Inputs, Core] = TypeMachineBuilder(inputs, core)
         self._initial: Name | None = None
         self.transitions: list[Transition] = []
@@ -118,5 +120,5 @@ class MachineBuilder(Generic[Inputs, Core, Name]):
         return start
 
 
-def nothing(machine: object, core: object, *args: object) -> None:
+def nothing(machine: object, core: object, /, *args: object, **named: object) -> None:
     """A transition that only changes the state (and so its name)."""

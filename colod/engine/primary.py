@@ -44,7 +44,8 @@ from colod.protocol import (
     Record,
     ReplicationEndReason,
 )
-from colod.qmp import QMPConnection
+from colod.qmp import QMP
+from colod.role import Role
 
 
 class PrimaryState(StrEnum):
@@ -128,11 +129,11 @@ class CheckpointRefused(Exception):
 class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
     """Checkpoints one domain's guest to the secondary until one of them is gone."""
 
-    role = "primary"
-    qmp: QMPConnection
+    role = Role.PRIMARY
+    qmp: QMP
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection, *, interval: float,
+                 clock: IReactorTime, status: StatusFile, qmp: QMP, *, interval: float,
                  checkpoint_timeout: float) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp)
         self.interval = interval

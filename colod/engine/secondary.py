@@ -47,7 +47,8 @@ from colod.protocol import (
     StreamError,
 )
 from colod.protocol.peer import PeerLink
-from colod.qmp import QMPConnection
+from colod.qmp import QMP
+from colod.role import Role
 
 #: Reasons the link ended that mean the primary may still run its guest.
 _NO_TAKEOVER = (PeerEndedReplication, ProtocolViolation, StreamError, HandshakeError)
@@ -107,10 +108,10 @@ class SecondaryInputs(EngineInputs, Protocol):
 class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
     """Keeps the standby copy of one domain, and takes over when the primary is gone."""
 
-    role = "secondary"
+    role = Role.SECONDARY
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMPConnection | None) -> None:
+                 clock: IReactorTime, status: StatusFile, qmp: QMP | None) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp)
         # An engine that does not know its guest's size (a Xen guest's pfns are not its size) has none.
         self._buffer = CheckpointBuffer(getattr(guest, "memory_pages", None))
@@ -287,7 +288,7 @@ def _take_over(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failur
 
 @_machine.upon(FailingOver, _I.taken_over, PrimaryUnprotected)
 def _report_primary(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
-    engine.role = "primary"
+    engine.role = Role.PRIMARY
     engine.log.warn("domain {domain}: FAILOVER done: this node is now the primary, UNPROTECTED; "
                     "the guest runs from checkpoint {n}", domain=engine.domain.name, n=engine.checkpoints)
     engine.publish(failed_over=True)

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from colod.qmp import QMPConnection
+from colod.qmp import QMP
 
 # The QEMU options a device model needs for its state to move like this: the
 # stream must have no configuration section and no vmdesc, as Xen's has none;
@@ -71,7 +71,7 @@ class DeviceModelEngine:
 
     log = Logger()
 
-    def __init__(self, qmp: QMPConnection, state_dir: str | Path, clock: IReactorTime,
+    def __init__(self, qmp: QMP, state_dir: str | Path, clock: IReactorTime,
                  load_timeout: float = 10.0) -> None:
         self._qmp = qmp
         self._state_dir = Path(state_dir)

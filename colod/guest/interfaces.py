@@ -23,6 +23,7 @@ class IGuestEngine(Interface):
     """One domain's guest on one node, as a checkpoint sees it."""
 
     description = Attribute("str: what this engine drives and how it loads state, for logs and status")
+    copy_seconds = Attribute("float: wall-clock seconds spent copying pages so far: a pause's share of it")
     memory_pages = Attribute(
         "int: the guest's pages are pfns 0 to memory_pages - 1, so that the secondary refuses others as "
         "they arrive.  Optional: an engine that does not know (a Xen guest's pfns run past its memory "

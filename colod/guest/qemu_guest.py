@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from colod.guest.device_model import DeviceModelEngine
@@ -140,14 +141,20 @@ class QemuGuest:
                 if len(record.pfns) and max(record.pfns) > last:
                     raise CheckpointDataError(f"page {max(record.pfns):#x} is beyond this node's "
                                               f"memory image (last page {last:#x})")
-            self._copied(lambda: [memory.apply(record) for record in pages])
+
+            def apply_pages() -> None:
+                for record in pages:
+                    memory.apply(record)
+
+            self._copied(apply_pages)
         self._device_model.stage_device_state(bytes(states[0].blob))
         return succeed(None)
 
     def take_over(self) -> Deferred[None]:
         d = self._device_model.take_over()
-        if self._run is not None:
-            d.addCallback(lambda _: self._run.resume())
+        run = self._run
+        if run is not None:
+            d.addCallback(lambda _: run.resume())
         return d
 
     def _copied(self, work: Callable[[], _T]) -> _T:
@@ -160,6 +167,12 @@ class QemuGuest:
 
 def _all(steps: list[Deferred[None]]) -> Deferred[None]:
     """All of ``steps`` (run side by side); fails with the first failure itself, not a FirstError."""
-    d = gatherResults(steps, consumeErrors=True)
-    d.addErrback(lambda failure: failure.trap(FirstError) and failure.value.subFailure)
-    return d.addCallback(lambda _: None)
+    return gatherResults(steps, consumeErrors=True).addCallbacks(lambda _: None, _first_failure)
+
+
+def _first_failure(failure: Failure) -> Failure:
+    """The failure of the step that failed first, from gatherResults' FirstError."""
+    failure.trap(FirstError)
+    error = failure.value
+    assert isinstance(error, FirstError)
+    return error.subFailure

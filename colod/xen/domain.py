@@ -26,10 +26,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+
+from colod.qmp import QMPCommands
 
 #: Where Debian's xen-utils-4.17 puts the bindings (not on sys.path by default).
 BINDINGS_PATH = "/usr/lib/xen-4.17/lib/python"
@@ -44,12 +46,6 @@ POLL_INTERVAL = 0.002
 
 class DomainError(Exception):
     """The domain could not be suspended or resumed, or is gone; says which step and why."""
-
-
-class QMP(Protocol):
-    """What this module needs of a QMP connection (colod.qmp.QMPConnection has it)."""
-
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
 
 def load_bindings(path: str = BINDINGS_PATH) -> tuple[ModuleType, ModuleType]:
@@ -70,7 +66,7 @@ def qmp_socket(domid: int) -> str:
 class XenDomain:
     """One running domain on this dom0, suspended and resumed as libxl does."""
 
-    def __init__(self, domid: int, xc: Any, xs: Any, qmp: QMP, clock: IReactorTime, state_file: Path,
+    def __init__(self, domid: int, xc: Any, xs: Any, qmp: QMPCommands, clock: IReactorTime, state_file: Path,
                  timeout: float) -> None:
         self.domid = domid
         self._xc = xc

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.utils import getProcessOutputAndValue
 
 from colod.config import XenConfig
-from colod.qmp import QMPConnection
+from colod.qmp import QMPCommands
 from colod.xen.domain import XenDomain, load_bindings
 from colod.xen.guest import XenPrimaryGuest, XenSecondaryGuest
 from colod.xen.receiver import receive_command
@@ -39,12 +39,13 @@ async def domain_id(reactor: IReactorProcess, xen: XenConfig, timeout: float) ->
     return int(out)
 
 
-def primary_guest(xen: XenConfig, domid: int, qmp: QMPConnection, reactor: IReactorProcess,
+def primary_guest(xen: XenConfig, domid: int, qmp: QMPCommands, reactor: IReactorProcess,
                   state_dir: Path, timeout: float) -> XenPrimaryGuest:
     """The primary's guest engine for domain C{domid}; its device state is saved in C{state_dir}."""
     xc, xs = load_bindings()
     state_dir.mkdir(parents=True, exist_ok=True)
-    domain = XenDomain(domid, xc.xc(), xs.xs(), qmp, reactor, state_dir / "device-state", timeout)
+    domain = XenDomain(domid, xc.xc(), xs.xs(), qmp, IReactorTime(reactor), state_dir / "device-state",
+                       timeout)
     return XenPrimaryGuest(domain, reactor, timeout=timeout, binary=xen.save_helper)
 
 
