@@ -85,6 +85,11 @@ from .wire import (
 
 Reader = Callable[[memoryview, int], Record]
 
+#: Most items read from one EMULATOR_XENSTORE_DATA (entries), HVM_PARAMS or CPUID/MSR policy: each
+#: becomes Python objects 10 to 40 times its size on the wire (a 128 MiB record of them, GiBs), and
+#: Xen writes at most a few hundred.
+ITEMS_MAX = 1024
+
 
 def _fail(at: int, reason: str) -> StreamError:
     return StreamError(at, reason)
@@ -157,6 +162,11 @@ def _known(value: int, kind: type) -> bool:
     return value in kind.__members__.values()
 
 
+def _few(count: int, at: int, name: str, items: str) -> None:
+    if count > ITEMS_MAX:
+        raise _fail(at, f"{name} with {count} {items}, over colod's limit of {ITEMS_MAX}")
+
+
 # --- libxl bodies ----------------------------------------------------------
 
 
@@ -174,6 +184,7 @@ def read_emulator_xenstore_data(body: memoryview, at: int) -> EmulatorXenstoreDa
     strings = bytes(body[8:])
     if strings and not strings.endswith(b"\0"):
         raise _fail(at + len(body) - 1, f"{name}: last string is not NUL-terminated")
+    _few(strings.count(b"\0") // 2, at + 8, name, "entries")
     parts = strings[:-1].split(b"\0") if strings else []
     if len(parts) % 2:
         raise _fail(at + 8, f"{name}: key {parts[-1]!r} has no value")
@@ -301,6 +312,7 @@ def read_hvm_params(body: memoryview, at: int) -> HvmParams:
     if len(body) != 8 + HVM_PARAM.size * count:
         expected = 8 + HVM_PARAM.size * count
         raise _fail(at, f"{name} length {len(body)}, expected {expected} for {count} params")
+    _few(count, at, name, "params")
     return HvmParams(params=_array_of(body[8:], HVM_PARAM))
 
 
@@ -318,6 +330,7 @@ def _policy(cls: type, item: struct.Struct) -> Reader:
     def read(body: memoryview, at: int) -> Record:
         if not body or len(body) % item.size:
             raise _fail(at, f"{type_name(cls)} length {len(body)} is not a non-zero multiple of {item.size}")
+        _few(len(body) // item.size, at, type_name(cls), "entries")
         return cls(_array_of(body, item))
 
     return read

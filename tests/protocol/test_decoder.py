@@ -13,14 +13,19 @@ from colod.protocol import (
     CheckpointId,
     CheckpointState,
     Decoder,
+    EmulatorXenstoreData,
     End,
+    HvmParams,
     LibxcEnd,
     PageData,
     ReplicationEnd,
     ReplicationEndReason,
     StreamError,
     StreamHeader,
+    X86CpuidPolicy,
+    X86MsrPolicy,
 )
+from colod.protocol.readers import ITEMS_MAX
 from colod.protocol.writers import write_record
 
 from .streams import colo_back, colo_main, decode, drain, encode, pages, plain_hvm
@@ -171,6 +176,46 @@ def decode_prefix(data: bytes) -> list:
     decoder = Decoder()
     decoder.receive_data(data)
     return drain(decoder)
+
+
+#: Records of small items, each a few Python objects once read: (records of plain_hvm() that lead to
+#: where the record is read, the record with N items).
+_MANY_ITEMS = {
+    "EMULATOR_XENSTORE_DATA": (1, lambda n: EmulatorXenstoreData(entries=((b"ab", b"cd"),) * n)),
+    "HVM_PARAMS": (4, lambda n: HvmParams([(i, i) for i in range(n)])),
+    "X86_CPUID_POLICY": (4, lambda n: X86CpuidPolicy([(i, 0, 1, 2, 3, 4) for i in range(n)])),
+    "X86_MSR_POLICY": (4, lambda n: X86MsrPolicy([(i, 0, 1) for i in range(n)])),
+}
+
+
+@pytest.mark.parametrize("name", list(_MANY_ITEMS))
+def test_records_of_many_small_items_are_refused(name: str) -> None:
+    """
+    Found by tests/fuzz.py: a record of tiny items decoded into objects 10 to
+    40 times its size (a 128 MiB one, GiBs).  At most ITEMS_MAX are read.
+    """
+    leading, make = _MANY_ITEMS[name]
+    prefix = encode(plain_hvm()[:leading])
+    assert decode_prefix(prefix + b"".join(write_record(make(ITEMS_MAX))))[-1] == make(ITEMS_MAX)
+    with pytest.raises(StreamError) as caught:
+        decode_prefix(prefix + b"".join(write_record(make(ITEMS_MAX + 1))))
+    assert caught.value.reason.startswith(f"{name} with {ITEMS_MAX + 1} ")
+    assert caught.value.reason.endswith(f", over colod's limit of {ITEMS_MAX}")
+    assert len(prefix) + 8 <= caught.value.offset <= len(prefix) + 16
+
+
+def test_a_record_of_tiny_items_is_refused_without_building_them() -> None:
+    """A 1.2 MB EMULATOR_XENSTORE_DATA of 6-byte entries took 35 MB to read; now about its own size."""
+    data = encode(plain_hvm()[:1]) + b"".join(write_record(EmulatorXenstoreData(entries=((b"ab", b"cd"),)
+                                                                                 * 200_000)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(StreamError, match="over colod's limit"):
+            decode_prefix(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(data), peak
 
 
 
