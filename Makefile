@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 DEB_PACKAGES := qemu-system-x86 qemu-utils python3-venv
 
-.PHONY: setup system-packages demo test lint trial clean
+.PHONY: setup system-packages demo test lint typecheck trial clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -31,7 +31,11 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup lint
+# The contracts (typing.Protocols, zope Interfaces) checked: setup.cfg's [mypy].
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck
 	$(PY) -m pytest
 
 trial: setup

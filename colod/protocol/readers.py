@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from enum import IntEnum
 
 from .errors import StreamError
 from .pagedata import pages_with_data, split_words
@@ -158,7 +159,7 @@ def _array_of(body: memoryview, item: struct.Struct) -> tuple[tuple[int, ...], .
     return tuple(item.iter_unpack(body))
 
 
-def _known(value: int, kind: type) -> bool:
+def _known(value: int, kind: type[IntEnum]) -> bool:
     return value in kind.__members__.values()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -341,8 +341,9 @@ _HEADER_NAMES = {StreamHeader: "STREAM_HEADER", ImageHeader: "IMAGE_HEADER", Dom
 _TYPE_TABLES = {Namespace.LIBXL: LibxlType, Namespace.LIBXC: LibxcType, None: ColodType}
 
 
-def type_name(kind: type) -> str:
-    """Xen's name for a record class's type (e.g. C{PAGE_DATA}), or the header's name."""
+def type_name(kind: type[Any]) -> str:
+    """Xen's name for a record class's type (e.g. C{PAGE_DATA}), or the header's name (a record class
+    has NAMESPACE and TYPE)."""
     if kind in _HEADER_NAMES:
         return _HEADER_NAMES[kind]
     return _TYPE_TABLES[kind.NAMESPACE](kind.TYPE).name

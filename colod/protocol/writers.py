@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from enum import IntEnum
+from typing import Any
 
 from .pagedata import join_words, pages_with_data
 from .records import (
@@ -79,7 +81,8 @@ from .wire import (
 )
 
 Chunk = bytes | bytearray | memoryview
-Body = Callable[[object], Sequence[Chunk]]
+#: A record's body writer: it takes records of the type it is filed under.
+Body = Callable[[Any], Sequence[Chunk]]
 
 _ZEROS = bytes(8)
 
@@ -89,7 +92,7 @@ def _check(condition: bool, reason: str) -> None:
         raise ValueError(reason)
 
 
-def _member(value: int, kind: type, what: str) -> None:
+def _member(value: int, kind: type[IntEnum], what: str) -> None:
     _check(value in kind.__members__.values(), f"{what} {value!r} is not a {kind.__name__}")
 
 
@@ -111,7 +114,7 @@ def _domain_header(header: DomainHeader) -> list[Chunk]:
     return [DOMAIN_HEADER.pack(header.guest_type, PAGE_SHIFT, 0, header.xen_major, header.xen_minor)]
 
 
-_HEADERS: dict[type, Callable[[object], list[Chunk]]] = {
+_HEADERS: dict[type, Callable[[Any], list[Chunk]]] = {
     StreamHeader: _stream_header,
     ImageHeader: _image_header,
     DomainHeader: _domain_header,
@@ -214,7 +217,7 @@ def _replication_end(record: ReplicationEnd) -> Sequence[Chunk]:
     return [U32_PAIR.pack(record.reason, len(text)), text]
 
 
-_BODIES: dict[type, Body] = {
+_BODIES: dict[type[Any], Body] = {
     End: _empty,
     LibxcContext: _empty,
     EmulatorXenstoreData: _emulator_xenstore_data,

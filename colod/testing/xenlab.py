@@ -61,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -247,7 +247,7 @@ class XenLab:
         return self.build_seconds
 
     @staticmethod
-    def _lines_until(process: subprocess.Popen[bytes], deadline: float):
+    def _lines_until(process: subprocess.Popen[bytes], deadline: float) -> Iterator[bytes]:
         """The lines a process prints, until it ends or the deadline passes (then XenLabError)."""
         assert process.stdout is not None
         pending = b""

@@ -30,7 +30,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import BinaryIO, NoReturn
+from typing import IO, NoReturn
 
 FRAME_HEADER = struct.Struct(">I")
 #: The frame that says: end the receiver's input (it fails over).
@@ -53,13 +53,13 @@ def frame(data: bytes) -> bytes:
     return FRAME_HEADER.pack(len(data)) + data
 
 
-def _read_exactly(source: BinaryIO, count: int) -> bytes | None:
+def _read_exactly(source: IO[bytes], count: int) -> bytes | None:
     """``count`` bytes, or None if the input ended first."""
     data = source.read(count)
     return data if len(data) == count else None
 
 
-def relay(source: BinaryIO, sink: BinaryIO) -> bool:
+def relay(source: IO[bytes], sink: IO[bytes]) -> bool:
     """Copy frames from ``source`` to ``sink``; True once the fail-over frame came, False if the
     input ended (or was cut inside a frame) without it."""
     while (header := _read_exactly(source, FRAME_HEADER.size)) is not None:
