@@ -33,7 +33,7 @@ from colod.devices import DeviceGroup
 from colod.engine.core import EngineCore, EngineInputs, describe
 from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import Pause, StatusFile
-from colod.guest.interfaces import IGuestEngine
+from colod.guest.interfaces import IPrimaryGuest
 from colod.protocol import (
     Checkpoint,
     CheckpointDirtyPfnList,
@@ -131,8 +131,9 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
 
     role = Role.PRIMARY
     qmp: QMP
+    guest: IPrimaryGuest
 
-    def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
+    def __init__(self, domain: DomainConfig, node: str, guest: IPrimaryGuest, devices: DeviceGroup,
                  clock: IReactorTime, status: StatusFile, qmp: QMP, *, interval: float,
                  checkpoint_timeout: float) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp)

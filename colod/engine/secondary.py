@@ -33,7 +33,7 @@ from colod.engine.checkpoint_buffer import CheckpointBuffer
 from colod.engine.core import EngineCore, EngineInputs, ProtocolViolation, describe
 from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import StatusFile
-from colod.guest.interfaces import IGuestEngine
+from colod.guest.interfaces import ISecondaryGuest
 from colod.protocol import (
     CheckpointEnd,
     CheckpointId,
@@ -109,12 +109,13 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
     """Keeps the standby copy of one domain, and takes over when the primary is gone."""
 
     role = Role.SECONDARY
+    guest: ISecondaryGuest
 
-    def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
+    def __init__(self, domain: DomainConfig, node: str, guest: ISecondaryGuest, devices: DeviceGroup,
                  clock: IReactorTime, status: StatusFile, qmp: QMP | None) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp)
         # An engine that does not know its guest's size (a Xen guest's pfns are not its size) has none.
-        self._buffer = CheckpointBuffer(getattr(guest, "memory_pages", None))
+        self._buffer = CheckpointBuffer(guest.memory_pages)
         self._first = True
         self.machine = start_secondary(self)
 

@@ -20,14 +20,10 @@ from colod.protocol import CheckpointDirtyPfnList, Record
 
 
 class IGuestEngine(Interface):
-    """One domain's guest on one node, as a checkpoint sees it."""
+    """One domain's guest on one node, as a checkpoint sees it: what both sides do to it."""
 
     description = Attribute("str: what this engine drives and how it loads state, for logs and status")
     copy_seconds = Attribute("float: wall-clock seconds spent copying pages so far: a pause's share of it")
-    memory_pages = Attribute(
-        "int: the guest's pages are pfns 0 to memory_pages - 1, so that the secondary refuses others as "
-        "they arrive.  Optional: an engine that does not know (a Xen guest's pfns run past its memory "
-        "size) leaves it out, and the secondary bounds a checkpoint by this host's memory instead")
 
     def suspend() -> Deferred[None]:
         """Stop the guest: no vCPU runs and no device does I/O until resume."""
@@ -35,7 +31,9 @@ class IGuestEngine(Interface):
     def resume() -> Deferred[None]:
         """Let the guest run again."""
 
-    # -- primary ------------------------------------------------------------
+
+class IPrimaryGuest(IGuestEngine):
+    """The primary's guest: it makes the records of each checkpoint."""
 
     def copy_live(send: Callable[[Record], None]) -> Deferred[None]:
         """Guest running, before the first checkpoint: hand to ``send``, as they are made, the
@@ -53,7 +51,14 @@ class IGuestEngine(Interface):
     def emulator_records() -> Deferred[Sequence[Record]]:
         """Guest suspended: the device model's records (EMULATOR_CONTEXT) of this checkpoint."""
 
-    # -- secondary ----------------------------------------------------------
+
+class ISecondaryGuest(IGuestEngine):
+    """The secondary's copy of the guest: it keeps each complete checkpoint and runs the last one."""
+
+    memory_pages = Attribute(
+        "int | None: the guest's pages are pfns 0 to memory_pages - 1, so that the secondary refuses "
+        "others as they arrive; None where the engine does not know (a Xen guest's pfns run past its "
+        "memory size), and the secondary bounds a checkpoint by this host's memory instead")
 
     def dirty_pfn_list() -> Deferred[CheckpointDirtyPfnList]:
         """Guest suspended: the pages it dirtied since the last checkpoint, tracking reset."""

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from colod.guest.device_model import DeviceModelEngine
-from colod.guest.interfaces import IGuestEngine
+from colod.guest.interfaces import IPrimaryGuest, ISecondaryGuest
 from colod.guest.memory_image import MemoryImage, MemoryImageEngine, RunControl
 from colod.protocol import (
     CheckpointDirtyPfnList,
@@ -45,7 +45,7 @@ class CheckpointDataError(Exception):
     """A checkpoint's records cannot be applied here (e.g. a page beyond this node's RAM)."""
 
 
-@implementer(IGuestEngine)
+@implementer(IPrimaryGuest, ISecondaryGuest)
 class QemuGuest:
     """One domain's guest on one node: its device model and, optionally, its memory image."""
 

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from colod.guest.interfaces import IGuestEngine
+from colod.guest.interfaces import IPrimaryGuest, ISecondaryGuest
 from colod.protocol import (
     Channel,
     CheckpointDirtyPfnList,
@@ -95,7 +95,7 @@ class _Questions:
         if name in self._asked:
             return succeed(None)
         if self.ended is not None:
-            return Deferred.fromFailure(self.ended)
+            return fail(self.ended)
         waiting: Deferred[None] = Deferred()
         self._awaited[name] = waiting
         return waiting.addTimeout(timeout, self._clock, onTimeoutCancel=self._late(name))
@@ -117,8 +117,8 @@ class _Questions:
             waiting.errback(reason)
 
     @staticmethod
-    def _late(name: str) -> object:
-        def late(result: object, timeout: float) -> None:
+    def _late(name: str) -> Callable[[Failure | None, float], Failure | None]:
+        def late(result: Failure | None, timeout: float) -> Failure | None:
             raise XenGuestError(f"the save helper did not ask for {name} within {timeout:g} s")
         return late
 
@@ -140,12 +140,18 @@ class _Callbacks:
     def checkpoint(self) -> Deferred[int]:
         return self._questions.ask("checkpoint")
 
-    async def switch_qemu_logdirty(self, domid: int, enable: int) -> int:
-        await self._domain.set_log_dirty(bool(enable))
+    def wait_checkpoint(self) -> int:
+        raise XenGuestError("the save helper asked wait_checkpoint, a COLO save's question, in a Remus save")
+
+    def switch_qemu_logdirty(self, domid: int, enable: int) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._switch_logdirty(bool(enable)))
+
+    async def _switch_logdirty(self, enable: bool) -> int:
+        await self._domain.set_log_dirty(enable)
         return LOGDIRTY_DONE
 
 
-@implementer(IGuestEngine)
+@implementer(IPrimaryGuest)
 class XenPrimaryGuest:
     """A running Xen domain on the primary, saved checkpoint by checkpoint through the save helper."""
 
@@ -168,9 +174,15 @@ class XenPrimaryGuest:
         self.copy_seconds = 0.0
         self.description = f"Xen domain {domain.domid} (save helper {binary}; checkpoint mode)"
 
-    # --- IGuestEngine, primary side -------------------------------------------
+    # --- IPrimaryGuest -----------------------------------------------------------
 
-    async def suspend(self) -> None:
+    def suspend(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._suspend())
+
+    def resume(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._resume())
+
+    async def _suspend(self) -> None:
         if self._run is None:
             raise XenGuestError("the save helper is not running: a first checkpoint begins with copy_live")
         if not self._first:
@@ -181,7 +193,7 @@ class XenPrimaryGuest:
         await self._domain.suspend()
         self._questions.answer("suspend", GO_ON)
 
-    async def resume(self) -> None:
+    async def _resume(self) -> None:
         await self._questions.asked("postcopy", self._timeout)
         await self._domain.resume()
         self._questions.answer("postcopy", GO_ON)
@@ -256,7 +268,7 @@ class XenPrimaryGuest:
         return records
 
 
-@implementer(IGuestEngine)
+@implementer(ISecondaryGuest)
 class XenSecondaryGuest:
     """The secondary's copy of a Xen domain, kept by Xen's own Remus receiver."""
 
@@ -272,9 +284,11 @@ class XenSecondaryGuest:
         self._receiver: Receiver | None = None
         self._encoder = Encoder(Channel.MAIN, Checkpointed.REMUS)
         self.copy_seconds = 0.0
+        #: Unknown: a Xen guest's pfns run past its memory size (holes, special pages at the top).
+        self.memory_pages: int | None = None
         self.description = f"Xen's Remus receiver ({' '.join(self._command)}; checkpoint mode)"
 
-    # --- IGuestEngine, secondary side -------------------------------------------
+    # --- ISecondaryGuest ---------------------------------------------------------
 
     def suspend(self) -> Deferred[None]:
         return succeed(None)  # the copy stays paused between checkpoints

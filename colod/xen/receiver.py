@@ -27,9 +27,17 @@ import os
 import struct
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProcessTransport,
+    IPushProducer,
+    IReactorProcess,
+    IReactorTime,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -122,7 +130,8 @@ class Receiver(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.running = True
-        self.transport.registerProducer(self, True)
+        # Twisted's process transport is a consumer of its stdin, though IProcessTransport does not say so.
+        cast(IConsumer, self._process).registerProducer(self, True)
         self._deadline = self._clock.callLater(self._banner_timeout, self._no_banner)
 
     def outReceived(self, data: bytes) -> None:
@@ -146,7 +155,7 @@ class Receiver(ProcessProtocol):
         self.running = False
         self._cancel_deadline()
         self.resumeProducing()  # nothing more will be written: no one waits for room
-        code = reason.value.exitCode
+        code: int | None = getattr(reason.value, "exitCode", None)
         if not self.ready.called:
             self.ready.errback(ReceiverError(f"the receiver exited before it was ready ({self._how(code)})"
                                              f"{self._quote()}"))
@@ -174,7 +183,7 @@ class Receiver(ProcessProtocol):
 
     def send(self, data: bytes) -> None:
         """Stream bytes for the receiver (after L{ready})."""
-        self.transport.write(guard.frame(data))
+        self._process.write(guard.frame(data))
 
     def writable(self) -> Deferred[None]:
         """Fires once the receiver's input has room for more (at once if it has, or if it ended)."""
@@ -191,8 +200,8 @@ class Receiver(ProcessProtocol):
         """
         exited = self._exited()
         if self.running:
-            self.transport.write(guard.FAIL_OVER)
-            self.transport.closeStdin()
+            self._process.write(guard.FAIL_OVER)
+            self._process.closeStdin()
             exited.addTimeout(timeout, self._clock, onTimeoutCancel=self._still_running)
         return exited.addCallback(self._judge)
 
@@ -201,10 +210,17 @@ class Receiver(ProcessProtocol):
         paused domain.  Fires once it has exited."""
         exited = self._exited()
         if self.running:
-            self.transport.signalProcess("TERM")
+            self._process.signalProcess("TERM")
         return exited.addCallback(lambda _: None)
 
     # --- internals ------------------------------------------------------------
+
+    @property
+    def _process(self) -> IProcessTransport:
+        """The receiver's process; there is one from spawnProcess on (connectionMade)."""
+        if self.transport is None:
+            raise ReceiverError("the receiver was never started")
+        return self.transport
 
     def _exited(self) -> Deferred[int | None]:
         """Fires with the exit status once the receiver has exited (at once if it has)."""
@@ -220,7 +236,7 @@ class Receiver(ProcessProtocol):
 
     def _still_running(self, result: object, timeout: float) -> None:
         if self.running:  # the guard lets nothing stop a failover but its own death, which kills xl
-            self.transport.signalProcess("KILL")
+            self._process.signalProcess("KILL")
         raise ReceiverError(f"the receiver had not failed over after {timeout:g} s{self._quote()}")
     def _no_banner(self) -> None:
         self._deadline = None
