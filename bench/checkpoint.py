@@ -229,7 +229,7 @@ def write_config(workdir: Path, role: str, nbd_port: int, memory: bool) -> Path:
     """A colod.toml for ``role`` with one replicated disk; the peer keys are unused (we link the engines)."""
     lines = [
         "[colod]", f'role = "{role}"', f'node_name = "{role}"',
-        "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"',
+        "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"', "tls = false",
         "[[domain]]", f'name = "{DOMAIN}"', f'qmp_socket = "{workdir / role}.qmp"',
         'nbd_host = "127.0.0.1"', f"nbd_port = {nbd_port}",
     ]

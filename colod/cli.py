@@ -3,8 +3,13 @@
 
 ``colod qemu-args --role secondary --config FILE`` prints the QEMU arguments
 colod needs: the device-model options, then one ``-blockdev`` per configured
-disk part, an option and its value per line, shell-quoted.  Exit
-status: 0 on success, 1 on a configuration error, 2 on a usage error.
+disk part, an option and its value per line, shell-quoted.
+
+``colod make-certs --dir DIR NODE...`` makes a lab's CA and a certificate for
+each node (colod.certs) and prints each node's ``[tls]`` keys.
+
+Exit status: 0 on success, 1 on a configuration (or certificate) error, 2 on a
+usage error.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from colod import config
+from colod import certs, config, tls
 from colod.config import ConfigError
 from colod.qemu_args import device_model_args, qemu_args
 from colod.role import Role
@@ -36,7 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     args.add_argument("--device-model", action="store_true",
                       help="secondary without Xen: the arguments of the separate device-model QEMU "
                       "(device_model_socket), which waits with -incoming defer, instead")
+    make = commands.add_parser(
+        "make-certs", help="make a lab's CA and a certificate for each node (not for production)",
+        description="Make a CA in DIR (or reuse the one there) and, for each NODE, a directory DIR/NODE "
+        "with the CA's certificate and the node's certificate and key, named as QEMU's tls-creds-x509 "
+        "wants them; print each node's [tls] keys. The CA's key stays in DIR: keep it off the nodes.")
+    make.add_argument("--dir", required=True, type=Path, metavar="DIR", help="where to put the files")
+    make.add_argument("--days", type=int, default=certs.DAYS, help=f"validity (default {certs.DAYS})")
+    make.add_argument("nodes", nargs="+", metavar="NODE", help="a node_name, as colod's configuration says")
     return parser
+
+
+def _make_certs(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    for node in options.nodes:
+        problem = config.name_problem(node) or tls.name_problem(node)
+        if problem is not None:
+            parser.error(f"node name {node!r} {problem}")
+    if options.days < 1:
+        parser.error("--days must be at least 1")
+    directory = options.dir.resolve()
+    for node, node_dir in certs.make(directory, options.nodes, options.days).items():
+        print(f"# {node}\n[tls]\nca = \"{node_dir / certs.CA_CERT}\"\n"
+              f"certificate = \"{node_dir / certs.CERT}\"\nkey = \"{node_dir / certs.KEY}\"")
 
 
 def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -67,8 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     options = parser.parse_args(argv)
     try:
-        _qemu_args(parser, options)
-    except ConfigError as e:
+        if options.command == "make-certs":
+            _make_certs(parser, options)
+        else:
+            _qemu_args(parser, options)
+    except (ConfigError, certs.CertError) as e:
         print(f"colod: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from colod import tls as link_tls
 from colod.endpoints import client_problem, host_problem, server_problem, tcp_port
 from colod.role import Role
 
@@ -56,8 +57,20 @@ class PeerConfig:
     connect: str | None
     heartbeat_interval: float
     heartbeat_timeout: float
-    # The peer's node_name, checked in the link's handshake; None accepts any.
+    # The peer's node_name, checked in the link's handshake (and its certificate's
+    # name under TLS); None accepts any, on a plaintext link only.
     node_name: str | None = None
+    #: Mutual TLS on the link (``[tls]``); False only when the file says so: plaintext, insecure.
+    tls: bool = True
+
+
+@attrs.frozen
+class TLSConfig:
+    """This node's TLS files (PEM): the CA both nodes' certificates come from, its certificate and key."""
+
+    ca: str
+    certificate: str
+    key: str
 
 
 @attrs.frozen
@@ -126,6 +139,8 @@ class Config:
     peer: PeerConfig
     qmp: QMPConfig
     domains: tuple[DomainConfig, ...]
+    #: None when the file has no ``[tls]`` (allowed only with ``peer.tls = false``).
+    tls: TLSConfig | None = None
 
     def with_role(self, role: Role | str) -> Config:
         """This configuration with the role overridden (``--role``), checked again."""
@@ -252,7 +267,8 @@ def _node_name(v: str) -> str | None:
     return None
 
 
-def _plain_name(v: str) -> str | None:
+def name_problem(v: str) -> str | None:
+    """Why ``v`` cannot be a node, domain or disk name; None if it can."""
     if _PLAIN_NAME.match(v):
         return None
     return "must be letters, digits, '-', '_' or '.', starting with a letter or digit, at most 64 characters"
@@ -314,7 +330,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
     top = _Table(path, "", data)
     colod = top.table("colod")
     role = Role(colod.take("role", str, check=_one_of(tuple(r.value for r in Role))))
-    node_name = colod.take("node_name", str, check=_plain_name)
+    node_name = colod.take("node_name", str, check=name_problem)
     state_dir = colod.take("state_dir", str, "/var/lib/colod", check=_absolute_path)
     checkpoint_interval = colod.take("checkpoint_interval", float, 5.0, check=_seconds(*CHECKPOINT_INTERVAL))
     colod.done()
@@ -327,7 +343,8 @@ def parse(data: dict[str, Any], path: str) -> Config:
                                            check=_seconds(*HEARTBEAT_INTERVAL)),
         heartbeat_timeout=peer_table.take("heartbeat_timeout", float, 3.0,
                                           check=_seconds(*HEARTBEAT_TIMEOUT)),
-        node_name=peer_table.take("node_name", str, None, check=_plain_name),
+        node_name=peer_table.take("node_name", str, None, check=name_problem),
+        tls=peer_table.take("tls", bool, True),
     )
     if peer.heartbeat_timeout < 2 * peer.heartbeat_interval:
         raise peer_table.fail(
@@ -336,6 +353,10 @@ def parse(data: dict[str, Any], path: str) -> Config:
             f"or one lost heartbeat looks like a dead peer (got {peer.heartbeat_timeout:g})",
         )
     peer_table.done()
+
+    tls = _tls(top, node_name) if top.has("tls") else None
+    if peer.tls:
+        _check_tls_link(path, peer, tls)
 
     qmp_table = top.table("qmp")
     qmp = QMPConfig(
@@ -361,10 +382,41 @@ def parse(data: dict[str, Any], path: str) -> Config:
                               "secondary colod and the NBD server cannot both listen on it")
     config = Config(path=path, role=role, node_name=node_name, state_dir=state_dir,
                     checkpoint_interval=checkpoint_interval,
-                    peer=peer, qmp=qmp, domains=domains)
+                    peer=peer, qmp=qmp, domains=domains, tls=tls)
     _check_files(config)
     _check_role_link(config)
     return config
+
+
+def _tls(top: _Table, node_name: str) -> TLSConfig:
+    """``[tls]``: its files readable, and together a working identity for this node (colod.tls.load)."""
+    table = top.table("tls")
+    files = TLSConfig(ca=table.take("ca", str, check=_absolute_path),
+                      certificate=table.take("certificate", str, check=_absolute_path),
+                      key=table.take("key", str, check=_absolute_path))
+    table.done()
+    problem = link_tls.name_problem(node_name)
+    if problem is not None:
+        raise ConfigError(f"{top.path}: colod.node_name: {problem} (got {node_name!r})")
+    try:
+        link_tls.load(files.ca, files.certificate, files.key, node_name)
+    except link_tls.TLSFileError as e:
+        raise table.fail(e.key, str(e)) from None
+    return files
+
+
+def _check_tls_link(path: str, peer: PeerConfig, tls: TLSConfig | None) -> None:
+    """A TLS link (the default) needs ``[tls]``, and a peer name its certificate must carry."""
+    if tls is None:
+        raise ConfigError(f"{path}: tls: missing required table: the peer link is mutual TLS unless "
+                          "peer.tls = false (plaintext, insecure); give ca, certificate and key "
+                          "(colod make-certs makes a lab's)")
+    if peer.node_name is None:
+        raise ConfigError(f"{path}: peer.node_name: missing required key: under TLS the peer is "
+                          "authenticated by the name its certificate carries")
+    problem = link_tls.name_problem(peer.node_name)
+    if problem is not None:
+        raise ConfigError(f"{path}: peer.node_name: {problem} (got {peer.node_name!r})")
 
 
 #: Keys of a QEMU domain that a Xen domain does not take, and why.
@@ -382,7 +434,7 @@ _XL = "/usr/sbin/xl"
 
 
 def _domain(table: _Table) -> DomainConfig:
-    name = table.take("name", str, check=_plain_name)
+    name = table.take("name", str, check=name_problem)
     if table.has("xen"):
         return _xen_domain(table, name)
     qmp_socket = table.take("qmp_socket", str, check=_absolute_path)
@@ -407,7 +459,7 @@ def _xen_domain(table: _Table, name: str) -> DomainConfig:
             raise table.fail(key, f"not for a Xen domain ([domain.xen]): {why}")
     xen_table = table.table("xen")
     xen = XenConfig(
-        domain=xen_table.take("domain", str, name, check=_plain_name),
+        domain=xen_table.take("domain", str, name, check=name_problem),
         xl_config=xen_table.take("xl_config", str, None, check=_absolute_path),
         save_helper=xen_table.take("save_helper", str, _SAVE_HELPER, check=_absolute_path),
         xl=xen_table.take("xl", str, _XL, check=_absolute_path),
@@ -419,7 +471,7 @@ def _xen_domain(table: _Table, name: str) -> DomainConfig:
 
 def _disk(table: _Table) -> DiskConfig:
     disk = DiskConfig(
-        name=table.take("name", str, check=_plain_name),
+        name=table.take("name", str, check=name_problem),
         quorum_node=table.take("quorum_node", str, check=_node_name),
         image=table.take("image", str, check=_absolute_path),
         format=table.take("format", str, "raw", check=_one_of(_IMAGE_FORMATS)),

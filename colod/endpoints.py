@@ -3,9 +3,10 @@
 
 Twisted's parsers accept strings that cannot work (``tcp:0``, ``tcp:70000``,
 ``interface=banana``, a unix socket in a missing directory) and raise
-anything at all on others (an ImportError for ``ssl:`` without pyOpenSSL, an
-OSError for a missing key file, an IndexError for a ``systemd:`` socket that
-was not inherited).  Each function here returns None for a usable string or
+anything at all on others (an IndexError for a ``systemd:`` socket that
+was not inherited).  Twisted's ``ssl:`` and ``tls:`` types are refused: the
+link's TLS is ``[tls]``'s (colod.tls), mutual and checked by name, over any
+of the types here.  Each function here returns None for a usable string or
 the reason, worded for the configuration error an administrator reads.
 
 server_problem and client_problem judge the string and the files it names;
@@ -15,7 +16,6 @@ port is free, the socket's directory writable, the systemd socket inherited.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 import re
@@ -29,21 +29,16 @@ from twisted.python.systemd import ListenFDs
 SERVER_TYPES: dict[str, tuple[str, ...]] = {
     "tcp": ("port", "interface", "backlog"),
     "tcp6": ("port", "backlog", "interface"),
-    "ssl": ("port", "privateKey", "certKey", "sslmethod", "interface", "backlog"),
     "unix": ("address", "mode", "backlog", "lockfile"),
     "systemd": ("domain", "index", "name"),
 }
 #: How the primary may reach its secondary, and the names of each type's positional arguments.
 CLIENT_TYPES: dict[str, tuple[str, ...]] = {
     "tcp": ("host", "port"),
-    "ssl": ("host", "port"),
-    "tls": ("host", "port"),
     "unix": ("path",),
 }
-#: Files a TLS endpoint reads when it is built, by type; and the directories.
-_TLS_FILES = {"ssl": ("privateKey", "certKey", "extraCertChain", "dhParameters"),
-              "tls": ("certificate", "privateKey", "trustRoots")}
-_TLS_DIRECTORIES = ("caCertsDir",)
+#: Twisted's TLS types: TLS inside the link's own (``[tls]``), and without its checks.
+_TLS_TYPES = ("ssl", "tls")
 #: The socket families a systemd socket may have (Twisted's ``domain=``).
 _SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
 #: The longest connect timeout worth waiting (the primary retries anyway).
@@ -76,13 +71,10 @@ def server_problem(description: str) -> str | None:
     """Why the secondary cannot listen at ``description``, judged from the string and its files."""
     kind, positional, keywords = _split(description)
     if kind not in SERVER_TYPES:
-        return f"endpoint type {kind!r} cannot carry the peer link (use one of {', '.join(SERVER_TYPES)})"
+        return _type_problem(kind, SERVER_TYPES)
     arguments = _arguments(SERVER_TYPES[kind], positional, keywords)
-    if kind == "ssl":
-        arguments.setdefault("privateKey", "server.pem")  # Twisted's default
-    check = {"tcp": _tcp_server, "tcp6": _tcp_server, "ssl": _tcp_server, "unix": _unix_server,
-             "systemd": _systemd_server}[kind]
-    problem = check(kind, arguments) or _tls_problem(kind, arguments)
+    check = {"tcp": _tcp_server, "tcp6": _tcp_server, "unix": _unix_server, "systemd": _systemd_server}[kind]
+    problem = check(kind, arguments)
     if problem is None and kind != "systemd":  # Twisted's systemd parser looks at this process's sockets
         problem = _twisted_problem(endpoints.serverFromString, description)
     return problem
@@ -93,9 +85,9 @@ def client_problem(description: str) -> str | None:
     kind, positional, keywords = _split(description)
     kind = kind.lower()  # Twisted reads client types case-blind
     if kind not in CLIENT_TYPES:
-        return f"endpoint type {kind!r} cannot carry the peer link (use one of {', '.join(CLIENT_TYPES)})"
+        return _type_problem(kind, CLIENT_TYPES)
     names = CLIENT_TYPES[kind]
-    if kind in ("tcp", "ssl") and len(positional) == 1 and "port" not in keywords:
+    if kind == "tcp" and len(positional) == 1 and "port" not in keywords:
         names = ("port",)  # Twisted reads a lone positional argument so
     arguments = _arguments(names, positional, keywords)
     if kind == "unix":
@@ -104,7 +96,6 @@ def client_problem(description: str) -> str | None:
         problem = (_host_argument(arguments) or _port_argument(arguments)
                    or _number_argument(arguments, "timeout", 1, MAX_CONNECT_TIMEOUT)
                    or _address_argument(arguments, "bindAddress"))
-    problem = problem or _tls_problem(kind, arguments)
     return problem or _twisted_problem(endpoints.clientFromString, description)
 
 
@@ -125,9 +116,9 @@ def host_problem(host: str) -> str | None:
 
 
 def tcp_port(description: str) -> int | None:
-    """The port a TCP server endpoint (``tcp``, ``tcp6``, ``ssl``) listens on; None for other types."""
+    """The port a TCP server endpoint (``tcp``, ``tcp6``) listens on; None for other types."""
     kind, positional, keywords = _split(description)
-    if kind not in ("tcp", "tcp6", "ssl"):
+    if kind not in ("tcp", "tcp6"):
         return None
     return int(_arguments(SERVER_TYPES[kind], positional, keywords)["port"])
 
@@ -205,28 +196,11 @@ def _inherited_problem(arguments: dict[str, str]) -> str | None:
             "start colod from its socket unit, or listen on tcp")
 
 
-def _tls_problem(kind: str, arguments: dict[str, str]) -> str | None:
-    """The key, certificate and CA files of an ``ssl:``/``tls:`` endpoint, then the TLS module."""
-    if kind not in _TLS_FILES:
-        return None
-    for key in _TLS_FILES[kind]:
-        problem = _readable(key, arguments[key]) if key in arguments else None
-        if problem is not None:
-            return problem
-    for key in _TLS_DIRECTORIES:
-        if key in arguments and not os.path.isdir(arguments[key]):
-            return f"{key} {arguments[key]!r} is not a directory"
-    if importlib.util.find_spec("OpenSSL") is None:
-        return f"{kind}: needs pyOpenSSL (the Python module OpenSSL), which is not installed"
-    return None
-
-
-def _readable(key: str, path: str) -> str | None:
-    try:
-        with open(path, "rb"):
-            return None
-    except OSError as e:
-        return f"{key} {path!r} cannot be read: {e.strerror}"
+def _type_problem(kind: str, types: dict[str, tuple[str, ...]]) -> str:
+    if kind.lower() in _TLS_TYPES:
+        return (f"endpoint type {kind!r}: the link's TLS is configured in [tls] (mutual, the peer checked "
+                f"by name); use one of {', '.join(types)}")
+    return f"endpoint type {kind!r} cannot carry the peer link (use one of {', '.join(types)})"
 
 
 def _twisted_problem(build: Callable[[object, str], object], description: str) -> str | None:

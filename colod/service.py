@@ -43,6 +43,7 @@ from colod.guest.qemu_guest import QemuGuest
 from colod.qmp import REQUIRED_COMMANDS, QemuInfo, QMPCapabilityError, QMPConnection, QMPFailure
 from colod.retry import Retry
 from colod.role import Role
+from colod.tls import TLSFileError
 from colod.xen.domain import DomainError, qmp_socket
 from colod.xen.setup import DEVICE_MODEL_COMMANDS, XenSetupError, domain_id, primary_guest, secondary_guest
 
@@ -164,7 +165,10 @@ class DomainService(Service):
         else:
             self.engine = SecondaryEngine(*common, qmp)
         self.engine.publish()
-        self._peer = PeerEndpoint(config, domain, self.engine, self._reactor)
+        try:
+            self._peer = PeerEndpoint(config, domain, self.engine, self._reactor)
+        except TLSFileError as e:
+            raise ProtectionError(f"tls.{e.key}: {e}") from None
         self._peer.start().addErrback(self._peer_failed)
 
     async def _device_model_qmp(self, qmp: QMPConnection) -> QMPConnection:
@@ -273,6 +277,10 @@ class ColodService(MultiService):
         if problem is not None:
             self.fail(f"{self.config.path}: {problem}")
             return
+        if not self.config.peer.tls:
+            self.log.warn("INSECURE: the peer link is plaintext (peer.tls = false in {path}): anyone who "
+                          "can reach it can read the guest's memory and disks' checkpoints, and act as "
+                          "the peer; use [tls]", path=self.config.path)
         super().startService()
 
     def fail(self, reason: str) -> None:

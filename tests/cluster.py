@@ -2,7 +2,10 @@
 link proxy.
 
 The proxy sits on the peer link: the primary connects to it and it connects to
-the secondary.  It cuts each direction at record boundaries (the colod hello,
+the secondary.  It terminates the link's TLS on both sides (to the primary it is
+the secondary, with its certificate, and to the secondary the primary), so
+that the daemons run exactly as they do without it, TLS included, while the
+proxy sees the plain stream.  It cuts each direction at record boundaries (the colod hello,
 then the records, read with the stream codec) so that a test can act exactly
 when a given record passes: kill a process before or after the record is
 forwarded, or after only part of it was, hold one direction back, or inject
@@ -56,8 +59,9 @@ from colod.protocol.handshake import Hello
 from colod.protocol.pagedata import pages_with_data
 from colod.protocol.wire import PAGE_SIZE, RECORD_HEADER, padding
 from colod.protocol.writers import write_record
-from colod.testing.lab import POLL_INTERVAL, Lab, Poll
+from colod.testing.lab import POLL_INTERVAL, Lab, Node, Poll
 from colod.testing.writer import Header, Verdict
+from colod.tls import PeerTLS, load
 from tests.rig import ScratchTestCase, sleep
 
 T = TypeVar("T")
@@ -263,6 +267,17 @@ class _Pipe:
         self.flush()
 
 
+class _Building(Factory):
+    """Builds each protocol with ``build``, as it is (Factory.forProtocol would make itself the factory of a
+    TLS wrapper, whose factory must stay its TLS factory)."""
+
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self._build()
+
+
 class _PrimarySide(Protocol):
     """The connection from the primary."""
 
@@ -275,7 +290,7 @@ class _PrimarySide(Protocol):
         self.proxy.pipes = {Direction.MAIN: self.main, Direction.BACK: self.back}
         self.back.connected(self.transport)
         secondary = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target_port, timeout=5)
-        d = secondary.connect(Factory.forProtocol(lambda: _SecondarySide(self)))
+        d = secondary.connect(_Building(lambda: self.proxy.as_primary(_SecondarySide(self))))
         d.addErrback(lambda _: self.transport.loseConnection())
 
     def dataReceived(self, data: bytes) -> None:
@@ -305,11 +320,15 @@ class LinkProxy:
     """A TCP proxy for the peer link that forwards record by record and injects faults on request.
 
     It serves the latest connection from the primary (a reconnection replaces
-    it); holds and triggers outlive connections.
+    it); holds and triggers outlive connections.  Plain TCP until
+    L{terminate_tls}.
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
+        #: Wrap the proxy's side of each connection, in TLS once told to.
+        self.as_secondary: Callable[[Protocol], Protocol] = lambda protocol: protocol
+        self.as_primary: Callable[[Protocol], Protocol] = lambda protocol: protocol
         self.held: set[Direction] = set()
         self.pipes: dict[Direction, _Pipe] = {}
         self.ledger = MainLedger()
@@ -318,14 +337,20 @@ class LinkProxy:
 
     def listen(self) -> int:
         """Listen on 127.0.0.1; returns the port for the primary's configuration."""
-        self._listening = reactor.listenTCP(0, Factory.forProtocol(lambda: _PrimarySide(self)),
-                                            interface="127.0.0.1")
+        accept = _Building(lambda: self.as_secondary(_PrimarySide(self)))
+        self._listening = reactor.listenTCP(0, accept, interface="127.0.0.1")
         return int(self._listening.getHost().port)
+
+    def terminate_tls(self, secondary: PeerTLS, primary: PeerTLS) -> None:
+        """Speak TLS to the primary as ``secondary`` (its certificate) and to the secondary as ``primary``."""
+        self.as_secondary = secondary.wrapper(client=False, clock=reactor)
+        self.as_primary = primary.wrapper(client=True, clock=reactor)
 
     def close(self) -> Deferred[None] | None:
         """Stop listening and cut the connections at once."""
         for pipe in self.pipes.values():
-            if pipe.destination is not None:
+            # A TLS transport cannot be aborted once it is closed (TCP's can).
+            if pipe.destination is not None and pipe.destination.connected:
                 pipe.destination.abortConnection()
         return self._listening.stopListening() if self._listening is not None else None
 
@@ -371,6 +396,11 @@ class LinkProxy:
         reactor.callLater(0, done.chainDeferred, trigger.fired)
 
 
+def node_tls(lab: Lab, node: Node) -> PeerTLS:
+    """TLS with ``node``'s certificate from the lab (for the proxy to stand in for it)."""
+    return PeerTLS(load(*(str(path) for path in lab.tls_files(node)), node.name))
+
+
 class ClusterTestCase(ScratchTestCase):
     """Runs a lab (and the proxy, if asked) per test, and always reaps its processes."""
 
@@ -390,6 +420,8 @@ class ClusterTestCase(ScratchTestCase):
             link_port = self.proxy.listen()
             self.addCleanup(self.proxy.close)
         lab.prepare(link_port)
+        if proxy:
+            self.proxy.terminate_tls(*(node_tls(lab, node) for node in (lab.secondary, lab.primary)))
         lab.start_qemus()
         lab.start_daemons()
         await wait(lab.until_protected())

@@ -9,7 +9,6 @@ into the subprocess timeout) and qemu-args print arguments: either fails.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from colod import certs
 from tests.rig import TWISTD
 from tests.test_config import CONNECT, GOOD, LISTEN, PEER_PORT, SECOND_DISK, XEN, edited
 
@@ -43,6 +43,9 @@ class Bad:
     make: tuple[tuple[str, str], ...] = ()
     #: A rule of the daemon only (qemu-args takes several domains).
     daemon_only: bool = False
+    #: Make certificates in the test's directory first: tls/ (nodes dom0-a, dom0-b, dom0-c) and, from
+    #: another CA, other/ (dom0-b).
+    certificates: bool = False
 
 
 def with_colod(line: str) -> str:
@@ -78,6 +81,16 @@ def second_domain(*changes: tuple[str, str]) -> str:
 
 
 GUEST2 = ('name = "guest1"', 'name = "guest2"')
+
+#: GOOD under TLS (its default), with dom0-b's certificates in the test's directory.
+TLS_FILES = (f'ca = "{DIR}/tls/dom0-b/ca-cert.pem"', f'certificate = "{DIR}/tls/dom0-b/server-cert.pem"',
+             f'key = "{DIR}/tls/dom0-b/server-key.pem"')
+TLS = edited("tls = false\n", 'node_name = "dom0-a"\n') + "\n[tls]\n" + "\n".join(TLS_FILES) + "\n"
+
+
+def tls_bad(name: str, old: str, new: str, message: str) -> Bad:
+    """A TLS case: TLS with ``old`` replaced by ``new``, its certificates made."""
+    return Bad(name, edited(old, new, TLS), message, certificates=True)
 
 
 SERVER = "not a usable Twisted server endpoint string: "
@@ -170,12 +183,9 @@ BAD = [
         f"(got 'unix:{DIR}/missing/colod.sock')"),
     Bad("listen_unix_relative", listen('"unix:colod.sock"'),
         f"peer.listen: {SERVER}address 'colod.sock' must be an absolute path (got 'unix:colod.sock')"),
-    Bad("listen_ssl_key_missing", listen(f'"ssl:9000:privateKey={DIR}/missing.pem"'),
-        f"peer.listen: {SERVER}privateKey '{DIR}/missing.pem' cannot be read: No such file or directory "
-        f"(got 'ssl:9000:privateKey={DIR}/missing.pem')"),
-    Bad("listen_ssl_without_tls_module", listen(f'"ssl:9000:privateKey={DIR}/key.pem"'),
-        f"peer.listen: {SERVER}ssl: needs pyOpenSSL (the Python module OpenSSL), which is not installed "
-        f"(got 'ssl:9000:privateKey={DIR}/key.pem')", make=(("key.pem", "file"),)),
+    Bad("listen_ssl", listen(f'"ssl:9000:privateKey={DIR}/key.pem"'),
+        f"peer.listen: {SERVER}endpoint type 'ssl': the link's TLS is configured in [tls] (mutual, the peer "
+        f"checked by name); use one of tcp, tcp6, unix, systemd (got 'ssl:9000:privateKey={DIR}/key.pem')"),
     Bad("listen_systemd_without_index", listen('"systemd:domain=INET"'),
         f"peer.listen: {SERVER}needs exactly one of index= and name= (which inherited socket) "
         "(got 'systemd:domain=INET')"),
@@ -184,10 +194,10 @@ BAD = [
         "(got 'systemd:domain=IPX:index=0')"),
     Bad("listen_stdio", listen('"stdio:"'),
         f"peer.listen: {SERVER}endpoint type 'stdio' cannot carry the peer link "
-        "(use one of tcp, tcp6, ssl, unix, systemd) (got 'stdio:')"),
+        "(use one of tcp, tcp6, unix, systemd) (got 'stdio:')"),
     Bad("listen_unknown_type", listen('"TCP:9000"'),
         f"peer.listen: {SERVER}endpoint type 'TCP' cannot carry the peer link "
-        "(use one of tcp, tcp6, ssl, unix, systemd) (got 'TCP:9000')"),
+        "(use one of tcp, tcp6, unix, systemd) (got 'TCP:9000')"),
     Bad("listen_port_is_nbd_port", edited("nbd_port = 8889", f"nbd_port = {PEER_PORT}"),
         f"domain[0].nbd_port: {PEER_PORT} is also peer.listen's port; on the secondary colod and the NBD "
         "server cannot both listen on it"),
@@ -203,9 +213,9 @@ BAD = [
     Bad("connect_infinite_timeout", connect('"tcp:host=192.0.2.11:port=9000:timeout=inf"'),
         f"peer.connect: {CLIENT}timeout 'inf' is not a whole number "
         "(got 'tcp:host=192.0.2.11:port=9000:timeout=inf')"),
-    Bad("connect_ssl_ca_directory_missing", connect(f'"ssl:host=192.0.2.11:port=9000:caCertsDir={DIR}/ca"'),
-        f"peer.connect: {CLIENT}caCertsDir '{DIR}/ca' is not a directory "
-        f"(got 'ssl:host=192.0.2.11:port=9000:caCertsDir={DIR}/ca')"),
+    Bad("connect_tls", connect('"tls:host=192.0.2.11:port=9000"'),
+        f"peer.connect: {CLIENT}endpoint type 'tls': the link's TLS is configured in [tls] (mutual, the peer "
+        "checked by name); use one of tcp, unix (got 'tls:host=192.0.2.11:port=9000')"),
     Bad("connect_missing_port", connect('"tcp:host=192.0.2.11"'),
         f"peer.connect: {CLIENT}needs a port (got 'tcp:host=192.0.2.11')"),
     # -- paths and files --------------------------------------------------------------------------
@@ -276,6 +286,35 @@ BAD = [
     Bad("two_domains", second_domain(GUEST2, ("nbd_port = 8889", "nbd_port = 8890")),
         "domain: this version of colod protects one domain per daemon (got 2); run one colod per domain",
         daemon_only=True),
+    # -- TLS --------------------------------------------------------------------------------------
+    Bad("tls_table_missing", edited("tls = false\n", ""),
+        "tls: missing required table: the peer link is mutual TLS unless peer.tls = false (plaintext, "
+        "insecure); give ca, certificate and key (colod make-certs makes a lab's)"),
+    tls_bad("tls_without_peer_node_name", 'node_name = "dom0-a"\n', "",
+            "peer.node_name: missing required key: under TLS the peer is authenticated by the name its "
+            "certificate carries"),
+    Bad("tls_not_a_boolean", with_peer('tls = "no"').replace("tls = false\n", ""),
+        "peer.tls: must be true or false (got string 'no')"),
+    tls_bad("tls_unknown_key", "[tls]\n", f'[tls]\ncafile = "{DIR}/ca.pem"\n', "tls.cafile: unknown key"),
+    tls_bad("tls_ca_missing", TLS_FILES[0], f'ca = "{DIR}/missing.pem"',
+            f"tls.ca: '{DIR}/missing.pem' cannot be read: No such file or directory"),
+    tls_bad("tls_ca_relative", TLS_FILES[0], 'ca = "ca.pem"',
+            "tls.ca: must be an absolute path (got 'ca.pem')"),
+    tls_bad("tls_certificate_not_pem", TLS_FILES[1], f'certificate = "{DIR}/tls/dom0-b/server-key.pem"',
+            f"tls.certificate: '{DIR}/tls/dom0-b/server-key.pem' is not a PEM certificate"),
+    tls_bad("tls_key_of_another_node", TLS_FILES[2], f'key = "{DIR}/tls/dom0-a/server-key.pem"',
+            f"tls.key: '{DIR}/tls/dom0-a/server-key.pem' is not the key of the certificate "
+            f"'{DIR}/tls/dom0-b/server-cert.pem'"),
+    tls_bad("tls_certificate_of_another_ca", TLS_FILES[0], f'ca = "{DIR}/other/dom0-b/ca-cert.pem"',
+            f"tls.certificate: '{DIR}/tls/dom0-b/server-cert.pem' does not verify against the CA "
+            f"'{DIR}/other/dom0-b/ca-cert.pem': unable to get local issuer certificate"),
+    tls_bad("tls_certificate_of_another_node", "\n".join(TLS_FILES[1:]),
+            "\n".join(f.replace("dom0-b", "dom0-c") for f in TLS_FILES[1:]),
+            f"tls.certificate: '{DIR}/tls/dom0-c/server-cert.pem' is for 'dom0-c', not for this node, "
+            "'dom0-b'"),
+    tls_bad("tls_peer_name_is_an_address", 'node_name = "dom0-a"', 'node_name = "10.0.0.1"',
+            "peer.node_name: cannot be a certificate's DNS name (it reads as an IP address); TLS needs "
+            "another name (got '10.0.0.1')"),
     # -- Xen domains ------------------------------------------------------------------------------
     Bad("xen_with_disks", XEN + GOOD[GOOD.index("[[domain.disk]]"):],
         "domain[0].disk: not for a Xen domain ([domain.xen]): Debian's Xen QEMU has no block replication "
@@ -295,16 +334,15 @@ BAD = [
         f"domain[0].xen.xl_config: '{DIR}' is a directory, not a file"),
 ]
 
-_OPENSSL = importlib.util.find_spec("OpenSSL") is not None
-
-
 def _params() -> list[object]:
-    marks = {"listen_ssl_without_tls_module": pytest.mark.skipif(_OPENSSL, reason="pyOpenSSL is installed")}
-    return [pytest.param(case, id=case.name, marks=marks.get(case.name, ())) for case in BAD]
+    return [pytest.param(case, id=case.name) for case in BAD]
 
 
 def write(case: Bad, directory: Path) -> Path:
     """The case's file (and what it needs beside it) in ``directory``."""
+    if case.certificates:
+        certs.make(directory / "tls", ["dom0-a", "dom0-b", "dom0-c"])
+        certs.make(directory / "other", ["dom0-b"])
     for name, kind in case.make:
         target = directory / name
         target.mkdir() if kind == "dir" else target.write_bytes(b"")

@@ -17,6 +17,7 @@ from colod import config, tap
 from colod.endpoints import client_problem, host_problem, server_problem
 from colod.role import Role
 from colod.testing.lab import free_port
+from tests import certs
 from tests.rig import ScratchTestCase
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,8 @@ node_name = "dom0-b"
 [peer]
 {LISTEN}
 {CONNECT}
+# The checks here are of everything but TLS (tests.test_tls_config): a plaintext link, said so.
+tls = false
 
 [[domain]]
 name = "guest1"
@@ -89,8 +92,12 @@ def test_xen_domain() -> None:
 
 class ExampleConfigTests(ScratchTestCase):
     def test_example_is_complete_and_valid(self) -> None:
-        """etc/colod.toml, the documented example, parses into exactly what it says."""
-        loaded = config.load(EXAMPLE)
+        """etc/colod.toml, the documented example, parses into exactly what it says (its [tls] files
+        made here: they must exist and serve)."""
+        tls = certs.files("dom0-b")
+        path = self.workdir / "colod.toml"
+        path.write_text(EXAMPLE.read_text().replace("/etc/colod/tls/", f"{tls.ca.parent}/"))
+        loaded = config.load(path)
         disk = config.DiskConfig(
             name="xvda", quorum_node="colo-disk0", image="/var/lib/xen/images/guest1-xvda.raw",
             format="raw", export_name="guest1-xvda",
@@ -98,7 +105,7 @@ class ExampleConfigTests(ScratchTestCase):
             hidden_image="/dev/shm/colod/guest1-xvda-hidden.qcow2",
         )
         self.assertEqual(loaded, config.Config(
-            path=str(EXAMPLE), role="secondary", node_name="dom0-b", state_dir="/var/lib/colod",
+            path=str(path), role="secondary", node_name="dom0-b", state_dir="/var/lib/colod",
             checkpoint_interval=5.0,
             peer=config.PeerConfig(
                 listen="tcp:9000:interface=0.0.0.0", connect="tcp:host=192.0.2.10:port=9000:timeout=5",
@@ -109,6 +116,7 @@ class ExampleConfigTests(ScratchTestCase):
                 name="guest1", qmp_socket="/var/run/xen/qmp-libxl-1", nbd_host="192.0.2.11",
                 nbd_port=8889, disks=(disk,),
             ),),
+            tls=config.TLSConfig(ca=str(tls.ca), certificate=str(tls.certificate), key=str(tls.key)),
         ))
 
     def test_defaults(self) -> None:

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.engine.test_peering -*-
 """Where a domain's peer link comes from: the secondary listens, the primary dials.
 
-Both use the Twisted endpoint strings of ``[peer]``.  The primary dials again,
+Both use the Twisted endpoint strings of ``[peer]``, and put the link under
+mutual TLS with the files of ``[tls]`` unless ``peer.tls = false`` (colod.tls).
+The primary dials again,
 every RETRY_INTERVAL seconds (colod.retry), until its engine has answered one
 link's hello (the secondary's colod may start later, or refuse a first
 handshake).  The engine's answer ends the dialling, whichever it is: it took
@@ -16,6 +18,7 @@ from __future__ import annotations
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,9 +26,10 @@ from zope.interface import implementer
 from colod.config import Config, DomainConfig
 from colod.protocol import HandshakeError, Record
 from colod.protocol.handshake import Hello
-from colod.protocol.peer import IPeerLinkObserver, LinkTiming, PeerLink, PeerLinkFactory
+from colod.protocol.peer import IPeerLinkObserver, LinkTiming, PeerLink, PeerLinkFactory, link_of
 from colod.retry import Retry
 from colod.role import Role
+from colod.tls import PeerTLS, load
 
 #: Seconds between the primary's attempts to reach its secondary.
 RETRY_INTERVAL = 2.0
@@ -38,6 +42,7 @@ class PeerEndpoint:
 
     def __init__(self, config: Config, domain: DomainConfig, engine: IPeerLinkObserver,
                  reactor: IReactorTime, retry_interval: float = RETRY_INTERVAL) -> None:
+        """@raise colod.tls.TLSFileError: a file of ``[tls]`` no longer serves."""
         self._config = config
         self._reactor = reactor
         self._dialler: _Dialler | None = None
@@ -51,6 +56,7 @@ class PeerEndpoint:
             clock=reactor,
             timing=LinkTiming(heartbeat_interval=config.peer.heartbeat_interval,
                               silence_timeout=config.peer.heartbeat_timeout),
+            tls=_tls(config),
         )
         self._dialling = Retry(self._dial, succeeded=lambda _: None, failed=self._undialled,
                                delay=retry_interval, clock=reactor)
@@ -58,6 +64,11 @@ class PeerEndpoint:
 
     def start(self) -> Deferred[None]:
         """Listen (secondary) or begin dialling (primary); fails if the address cannot be listened on."""
+        if self._factory.tls is not None:
+            assert self._config.tls is not None
+            self.log.info("domain {domain}: the peer link is mutual TLS: only {peer}, with a certificate "
+                          "from the CA of {ca}, is let in", domain=self._factory.local.domain,
+                          peer=self._config.peer.node_name, ca=self._config.tls.ca)
         if self._dialler is None:
             endpoint = endpoints.serverFromString(self._reactor, self._config.peer.listen)
             return endpoint.listen(self._factory).addCallback(self._listening)
@@ -101,7 +112,7 @@ class _Dialler:
         self._link: PeerLink | None = None
         self._answer: Deferred[None] | None = None
 
-    async def dial(self, connecting: Deferred[PeerLink]) -> None:
+    async def dial(self, connecting: Deferred[Protocol]) -> None:
         """Fire once the engine answered the hello of the link ``connecting`` makes; fail if it ends before.
 
         Cancelled while the handshake is under way, the link is closed: the
@@ -109,7 +120,7 @@ class _Dialler:
         """
         self._answer = Deferred(lambda _: self._hang_up())
         try:
-            self._link = await connecting
+            self._link = link_of(await connecting)
             await self._answer
         finally:
             self._link = self._answer = None
@@ -136,6 +147,15 @@ class _Dialler:
             self._answer = None
             answer.errback(reason)
         self._engine.linkLost(link, reason)
+
+
+def _tls(config: Config) -> PeerTLS | None:
+    """The link's TLS, or None for a plaintext link (``peer.tls = false``)."""
+    if not config.peer.tls:
+        return None
+    assert config.tls is not None  # the configuration requires [tls] for a TLS link
+    files = config.tls
+    return PeerTLS(load(files.ca, files.certificate, files.key, config.node_name))
 
 
 async def _stop_listening(port: IListeningPort) -> None:

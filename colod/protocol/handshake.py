@@ -66,6 +66,14 @@ class HandshakeTimeout(HandshakeError):
     """The peer's hello did not arrive in time."""
 
 
+class NotAuthenticated(HandshakeError):
+    """The TLS handshake failed: no certificate, one from another CA, not TLS at all (colod.tls)."""
+
+
+class CertificateMismatch(HandshakeError):
+    """The peer's certificate is from the CA but for another node than the configured peer (colod.tls)."""
+
+
 class LinkRefused(HandshakeError):
     """The hello was valid, but this side's engine cannot take a link now (one is open, say)."""
 

@@ -5,7 +5,10 @@ connection, plus colod's liveness checks.
 
 TCP is full duplex, so the connection's two directions are exactly Xen's two
 file descriptors: primary to secondary carries the main stream, secondary to
-primary the back channel.  Each direction starts with a hello
+primary the back channel.  Under TLS (L{colod.tls}, the default) nothing is
+said before the peer is authenticated: the TLS handshake checks its
+certificate against the CA, then the link checks that it names the configured
+peer node, and only then says its hello.  Each direction starts with a hello
 (L{colod.protocol.handshake}); then the primary's link writes the libxl
 stream header itself, so that heartbeats are legal from the first moment.
 After that each direction is nothing but its Xen stream, with colod
@@ -18,18 +21,31 @@ the observer (the checkpoint engine) gets typed records and four events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import attrs
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from .decoder import CLOSED, NEED_DATA, Decoder
 from .encoder import Encoder
 from .errors import LocalEndedReplication, PeerEndedReplication, StreamCutShort, StreamError
 from .handshake import HandshakeError, HandshakeTimeout, Hello, LinkRefused, Role, check_peer
+
+if TYPE_CHECKING:
+    from colod.tls import PeerTLS
 from .records import Heartbeat, Record, ReplicationEnd, SkippedRecord, StreamHeader
 from .state import Channel
 from .wire import ReplicationEndReason
@@ -41,7 +57,7 @@ HEARTBEAT_INTERVAL = 1.0
 SILENCE_TIMEOUT = 5.0
 #: Bytes read from the socket at a time.
 READ_SIZE = 1 << 20
-#: Seconds the peer has to send a complete hello after the connection is up.
+#: Seconds the peer has to complete the TLS handshake and send a complete hello after the connection is up.
 HANDSHAKE_TIMEOUT = 10.0
 #: Seconds over which connection attempts are counted and failed handshakes' log lines limited.
 GUARD_WINDOW = 10.0
@@ -182,8 +198,10 @@ class HandshakeGuard:
         self._started, self._attempts, self._logged, self._unlogged = now, 0, 0, 0
 
 
+@implementer(IHandshakeListener)
 class PeerLink(Protocol):
-    """One TCP connection to the peer colod, either end."""
+    """One connection to the peer colod, either end: under TLS when ``tls`` is given (then ``peer_node``
+    must be), else plaintext."""
 
     def __init__(
         self,
@@ -193,8 +211,14 @@ class PeerLink(Protocol):
         clock: IReactorTime,
         timing: LinkTiming = LinkTiming(),
         guard: HandshakeGuard | None = None,
+        tls: PeerTLS | None = None,
     ) -> None:
+        if tls is not None and peer_node is None:
+            raise ValueError("a TLS link authenticates its peer by name: give peer_node")
         self.local = local
+        self._tls = tls
+        #: Whether the peer proved who it is (TLS), so that this side may say its hello.
+        self._authenticated = False
         #: The remote end, for the log (known once connected).
         self.peer_address = "(not connected)"
         self._guard = guard or HandshakeGuard(clock)
@@ -222,18 +246,32 @@ class PeerLink(Protocol):
 
     def connectionMade(self) -> None:
         self.peer_address = address_text(self.transport.getPeer())
-        if ITCPTransport.providedBy(self.transport):
+        # Under TLS the socket's transport is the TLS layer's.
+        carrier = self.transport if self._tls is None else self.transport.transport
+        if ITCPTransport.providedBy(carrier):
             # The protocol is lock-step: a small record (NEW, SVM_READY) held
             # back by Nagle until the peer's delayed ACK costs ~40 ms of pause.
-            self.transport.setTcpNoDelay(True)
+            carrier.setTcpNoDelay(True)
         # Pages go by the MiB: read and send them in large bites, not 64 and 128 KiB ones,
         # each a turn of the event loop.
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE
-        if hasattr(self.transport, "SEND_LIMIT"):
-            self.transport.SEND_LIMIT = READ_SIZE
-        self.transport.write(self.local.encode())
+        if hasattr(carrier, "bufferSize"):
+            carrier.bufferSize = READ_SIZE
+        if hasattr(carrier, "SEND_LIMIT"):
+            carrier.SEND_LIMIT = READ_SIZE
         self._deadline = self._clock.callLater(self._timing.handshake_timeout, self._handshakeExpired)
+        if self._tls is None:
+            self.transport.write(self.local.encode())  # plaintext: no peer is ever authenticated
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up and the peer's certificate is the CA's: say hello if it names the configured peer."""
+        assert self._tls is not None and self._peer_node is not None
+        try:
+            self._tls.authenticate(self.transport, self._peer_node)
+        except HandshakeError as error:
+            self._fail(error)
+            return
+        self._authenticated = True
+        self.transport.write(self.local.encode())
 
     def dataReceived(self, data: bytes) -> None:
         if self._failure is not None:
@@ -258,7 +296,9 @@ class PeerLink(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         self._stopTimers()
         if self._failure is None:
-            if not self._open:
+            if self._tls is not None and not self._authenticated:
+                reason = Failure(self._tls.failed(reason))
+            elif not self._open:
                 reason = Failure(HandshakeError("the connection closed before the peer's hello arrived"))
             else:
                 try:
@@ -371,7 +411,8 @@ class PeerLink(Protocol):
             self.transport.write(self._encoder.send(beat))
 
     def _handshakeExpired(self) -> None:
-        self._fail(HandshakeTimeout(f"no hello from the peer within {self._timing.handshake_timeout} s"))
+        missing = "hello" if self._tls is None or self._authenticated else "completed TLS handshake"
+        self._fail(HandshakeTimeout(f"no {missing} from the peer within {self._timing.handshake_timeout} s"))
 
     def _fail(self, error: Exception) -> None:
         self._stop(error)
@@ -386,7 +427,10 @@ class PeerLink(Protocol):
             self.transport.loseConnection()
             return
         self.transport.writeSequence(chunks)
-        self.transport.loseWriteConnection()
+        if self._tls is None:
+            self.transport.loseWriteConnection()
+        else:
+            self.transport.loseConnection()  # TLS's half close: close_notify, then the peer's
         self._deadline = self._clock.callLater(self._timing.silence_timeout, self.transport.abortConnection)
 
     def _stop(self, error: Exception) -> None:
@@ -418,22 +462,35 @@ class PeerLink(Protocol):
 
 @attrs.define
 class PeerLinkFactory(Factory):
-    """Builds a L{PeerLink} per connection, all reporting to one observer."""
+    """Builds a L{PeerLink} per connection, all reporting to one observer; under TLS when ``tls`` is given,
+    as its client on the primary (which dials) and its server on the secondary."""
 
     local: Hello
     peer_node: str | None
     observer: IPeerLinkObserver
     clock: IReactorTime
     timing: LinkTiming = LinkTiming()
+    tls: PeerTLS | None = None
     guard: HandshakeGuard = attrs.field(init=False)
+    _wrap: Callable[[PeerLink], Protocol] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.guard = HandshakeGuard(self.clock)
+        self._wrap = (lambda link: link) if self.tls is None else (
+            self.tls.wrapper(client=self.local.role is Role.PRIMARY, clock=self.clock))
 
-    def buildProtocol(self, addr: IAddress) -> PeerLink | None:
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
         if not self.guard.admit(self.local.domain, address_text(addr)):
             return None
-        return PeerLink(self.local, self.peer_node, self.observer, self.clock, self.timing, self.guard)
+        return self._wrap(PeerLink(self.local, self.peer_node, self.observer, self.clock, self.timing,
+                                   self.guard, self.tls))
 
     def stopFactory(self) -> None:
         self.guard.flush()
+
+
+def link_of(protocol: Protocol) -> PeerLink:
+    """The L{PeerLink} in a protocol a L{PeerLinkFactory} built, under TLS or not."""
+    link = protocol.wrappedProtocol if isinstance(protocol, TLSMemoryBIOProtocol) else protocol
+    assert isinstance(link, PeerLink)
+    return link

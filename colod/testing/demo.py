@@ -2,7 +2,8 @@
 """``make demo``: a protected guest survives the loss of its primary host, on this one machine.
 
 Two nodes (colod.testing.lab) each get a QEMU started from ``colod qemu-args`` and a
-``twistd colod`` daemon; once the first checkpoint is complete, the guest
+``twistd colod`` daemon, linked over mutual TLS with the lab's certificates
+(``colod make-certs``); once the first checkpoint is complete, the guest
 writer changes the primary's disk and memory.  The demo shows checkpoints
 going by, then kills the primary's QEMU, daemon and guest at once, as a host
 loss would, times the secondary's takeover and checks that the secondary's
@@ -63,6 +64,9 @@ def run(lab: Lab) -> str:
     say("started twistd -n colod --config ... on both nodes; waiting for the first checkpoint")
     status = lab.until_protected().wait()
     say(f"protected {time.monotonic() - started:.1f} s later; guest engine: {status['guest']}")
+    if "the peer link is mutual TLS" not in lab.secondary.logs():
+        raise LabError("the secondary does not say that its peer link is mutual TLS")
+    say(f"the peer link is mutual TLS, with certificates `colod make-certs` made in {lab.certs_dir}")
     lab.start_writer(WRITER_INTERVAL)
     say("the guest writer runs on the primary: random disk blocks and memory pages, its count in page 0")
     status = _show_checkpoints(lab)

@@ -3,7 +3,8 @@
 
 Each node has its own directory with its disk (filled with a known byte), its
 overlays, its memory image, its configuration, a QEMU started from what
-``colod qemu-args`` prints, and a ``twistd colod`` daemon.  The guest writer
+``colod qemu-args`` prints, and a ``twistd colod`` daemon.  The two daemons link
+over mutual TLS with certificates ``colod make-certs`` made for the lab.  The guest writer
 (colod.testing.writer) plays the guest on the primary, so any node's disk and
 memory image can be checked against what it had done.
 
@@ -33,6 +34,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from colod import certs
 from colod.guest.memory_image import MemoryImage
 from colod.protocol.wire import PAGE_SIZE
 from colod.testing.qemu_process import QemuProcess, _die_with_parent
@@ -296,6 +298,8 @@ class Lab:
     disk_size: int = 8 * MiB
     memory_pages: int = 1024
     seed: int = 1
+    #: Mutual TLS on the link (the default); False for an explicit plaintext link (``peer.tls = false``).
+    tls: bool = True
     #: Where the secondary listens for the primary's link.
     secondary_port: int = attrs.field(factory=free_port)
     nbd_port: int = attrs.field(factory=free_port)
@@ -318,6 +322,16 @@ class Lab:
     def writer_log(self) -> Path:
         return self.workdir / "writer.log"
 
+    @property
+    def certs_dir(self) -> Path:
+        """The lab's CA (``colod make-certs``), with a directory of TLS files per node."""
+        return self.workdir / "tls"
+
+    def tls_files(self, node: Node) -> tuple[Path, Path, Path]:
+        """``node``'s CA certificate, certificate and key: the files of its ``[tls]``."""
+        directory = self.certs_dir / node.name
+        return directory / certs.CA_CERT, directory / certs.CERT, directory / certs.KEY
+
     # --- setting up --------------------------------------------------------
 
     def prepare(self, link_port: int | None = None) -> None:
@@ -335,6 +349,11 @@ class Lab:
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(overlay), str(self.disk_size)],
                                check=True, timeout=30)
             MemoryImage.create(node.memory, self.memory_pages).close()
+        command = [str(BIN / "colod"), "make-certs", "--dir", str(self.certs_dir),
+                   *(node.name for node in self.nodes)]
+        made = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        if made.returncode:
+            raise LabError(f"colod make-certs failed: {made.stderr.strip()}")
         self.primary.config.write_text(self._config(
             self.primary, self.secondary,
             f'connect = "tcp:host=127.0.0.1:port={link_port or self.secondary_port}:timeout=5"'))
@@ -344,6 +363,8 @@ class Lab:
     def _config(self, node: Node, peer: Node, link: str) -> str:
         secondary = node.role == "secondary"
         device_model = f'device_model_socket = "{node.device_model_socket}"' if secondary else ""
+        ca, certificate, key = self.tls_files(node)
+        tls = f'[tls]\nca = "{ca}"\ncertificate = "{certificate}"\nkey = "{key}"' if self.tls else ""
         return f"""\
 [colod]
 role = "{node.role}"
@@ -356,6 +377,9 @@ checkpoint_interval = {self.checkpoint_interval}
 node_name = "{peer.name}"
 heartbeat_interval = {self.heartbeat_interval}
 heartbeat_timeout = {self.heartbeat_timeout}
+tls = {str(self.tls).lower()}
+
+{tls}
 
 [[domain]]
 name = "{self.domain}"

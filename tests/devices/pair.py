@@ -150,7 +150,7 @@ class ReplicationTestCase(QemuTestCase):
         quorum_nodes = quorum_nodes or {}
         lines = [
             "[colod]", f'role = "{role}"', 'node_name = "test"',
-            "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"',
+            "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"', "tls = false",
             "[[domain]]", 'name = "guest"', f'qmp_socket = "{self.workdir}/unused.qmp"',
             'nbd_host = "127.0.0.1"', f"nbd_port = {self.port}",
         ]

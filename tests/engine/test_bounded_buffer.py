@@ -46,7 +46,9 @@ class BoundedBufferTests(ScratchTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.lab = lab = Lab(self.workdir, memory_pages=GUEST_PAGES)
+        # A plaintext link, explicitly: the flood is a raw socket (its bounds are the link's codec's, TLS
+        # or not; tests.engine.test_hostile_peer is the TLS door).
+        self.lab = lab = Lab(self.workdir, memory_pages=GUEST_PAGES, tls=False)
         self.addCleanup(lab.close)
         lab.prepare()
         node = lab.secondary

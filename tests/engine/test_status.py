@@ -29,7 +29,7 @@ from colod.protocol import Record
 from colod.protocol.handshake import Hello, Role
 from colod.protocol.peer import IPeerLinkObserver, PeerLink, PeerLinkFactory
 from colod.testing.lab import Lab, Node, Poll
-from tests.cluster import ClusterTestCase, wait
+from tests.cluster import ClusterTestCase, node_tls, wait
 from tests.rig import ScratchTestCase, async_test
 
 #: The tmpfs: a few pages; a status file takes one.
@@ -249,10 +249,12 @@ class LinkedStatusTests(ScratchTestCase):
         secondary.start_daemon()
         await wait(lab.until(secondary, lambda s: s["state"] == "waiting_for_primary", 20.0, "waiting"))
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", lab.secondary_port)
+        tls = node_tls(lab, lab.primary)  # the link is TLS: this test is the primary, with its certificate
 
-        # Refused, by name and with the address it came from.
+        # Refused, by name and with the address it came from (the primary's certificate, another name said).
         stranger = await endpoint.connect(
-            PeerLinkFactory(Hello(Role.PRIMARY, lab.domain, "mallory"), None, Recorder(), Clock()))
+            PeerLinkFactory(Hello(Role.PRIMARY, lab.domain, "mallory"), "host-b", Recorder(), Clock(),
+                            tls=tls))
         refused = (f"domain lab: no peer link with 127.0.0.1:{stranger.transport.getHost().port}: "
                    "peer is node 'mallory', expected 'host-a'")
         await wait(Poll(lambda: refused in secondary.logs() or None, 5.0, "the refusal logged",
@@ -261,7 +263,7 @@ class LinkedStatusTests(ScratchTestCase):
         # Linked: the status says so, not waiting_for_primary, while the first checkpoint is pending.
         primary = Recorder()
         await endpoint.connect(PeerLinkFactory(Hello(Role.PRIMARY, lab.domain, "host-a"), "host-b", primary,
-                                               Clock()))
+                                               Clock(), tls=tls))
         await primary.ready
         linked = await wait(lab.until(secondary, lambda s: s["state"] != "waiting_for_primary", 3.0,
                                       "linked"))
