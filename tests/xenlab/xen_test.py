@@ -6,7 +6,8 @@ Inside the lab's dom0 (colod.testing.xenlab: Xen 4.17 booted under QEMU TCG), a
 primary and a secondary ``twistd colod`` on one dom0 protect the HVM test
 guest, whose counter (GUEST-TICK, every 100 ms) lives in its memory.
 Nothing is mocked: real hypervisor, real save helper, real ``xl``, real
-domain.  First, a secondary colod is killed (SIGKILL) while it protects the
+domain, and the daemons' link is mutual TLS with certificates made by
+``colod make-certs``'s code.  First, a secondary colod is killed (SIGKILL) while it protects the
 guest: Xen's receiver must not run a second copy (colod's guard kills it
 and destroys its paused copy), and the guest runs on at the primary.  Then
 a new pair protects it, and after ``--checkpoints`` checkpoints, the primary's domain and its
@@ -30,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from colod import certs
 from colod.testing.xenlab import XenLab, XenLabError
 
 GUEST = "hvm1"
@@ -47,6 +49,11 @@ TICK = re.compile(rb"GUEST-TICK (\d+)\r?\n")
 LOG = "/var/log/xen/colod-{node}.log"
 
 
+#: The lab's CA and the two nodes' certificates, made on this host (colod.certs) into the spool,
+#: which dom0 sees at /opt/xenlab-spool: the link is mutual TLS, as everywhere by default.
+CERTS = "/opt/xenlab-spool/files/certs"
+
+
 def config(role: str, node: str, peer: str, link: str, xen: str) -> str:
     return f"""\
 [colod]
@@ -58,10 +65,13 @@ checkpoint_interval = 1.0
 [peer]
 {link}
 node_name = "{peer}"
-# Plaintext, said so: both daemons share one dom0 here (moving this lab to [tls] is still to do).
-tls = false
 heartbeat_interval = {HEARTBEAT_INTERVAL}
 heartbeat_timeout = {HEARTBEAT_TIMEOUT}
+
+[tls]
+ca = "{CERTS}/{node}/{certs.CA_CERT}"
+certificate = "{CERTS}/{node}/{certs.CERT}"
+key = "{CERTS}/{node}/{certs.KEY}"
 
 [qmp]
 command_timeout = 10.0
@@ -164,6 +174,7 @@ def kill_secondary(lab: XenLab, primary_domid: int) -> str:
 def run(lab: XenLab, checkpoints: int) -> str:
     lab.build()
     lab.start()
+    certs.make(lab.spool / "files" / "certs", ["host-a", "host-b"], certs.DAYS)
     lab.create_guest(GUEST)
     lab.wait_guest_ticks(GUEST, 10)
     lab.check("sed 's|^serial *=.*|serial = \"file:" + SECONDARY_SERIAL + "\"|' /etc/xenlab/guest.cfg "
@@ -194,14 +205,16 @@ def run(lab: XenLab, checkpoints: int) -> str:
     listed = lab.check("xl list")
     running = [line.split()[0] for line in listed.splitlines()[1:]
                if line.split()[0] in (GUEST, f"{GUEST}--incoming") and int(line.split()[1]) != primary_domid]
-    figures = (f"{pause['checkpoints']} checkpoints (first {first:.1f} s, pause p50 "
+    tls = "the peer link is mutual TLS" in (lab.xen_log / "colod-host-b.log").read_text(errors="replace")
+    link = "mutual TLS" if tls else "a link NOT said to be TLS"
+    figures = (f"{pause['checkpoints']} checkpoints over {link} (first {first:.1f} s, pause p50 "
                f"{pause['pause_p50_ms']} ms p99 {pause['pause_p99_ms']} ms); "
                f"takeover {takeover:.1f} s after the loss "
                f"(bound {HEARTBEAT_TIMEOUT + TAKEOVER_SLACK:g} s); counter floor {floor}, the secondary "
                f"counted on from {ticks[0]} as {running[0] if running else 'nothing'}; "
                f"{guarded}; peak RSS {lab.peak_rss() / (1 << 30):.2f} GiB")
     if (taken["role"] != "primary" or takeover > HEARTBEAT_TIMEOUT + TAKEOVER_SLACK or ticks[0] < floor
-            or ticks[0] <= 1 or len(running) != 1):
+            or ticks[0] <= 1 or len(running) != 1 or not tls):
         raise Failed(f"{figures}\n{listed}")
     return figures
 
