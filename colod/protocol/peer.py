@@ -21,15 +21,17 @@ the observer (the checkpoint engine) gets typed records and four events.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHandshakeListener,
+    IProtocol,
     IReactorTime,
+    ISSLTransport,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -42,13 +44,32 @@ from zope.interface import Interface, implementer
 from .decoder import CLOSED, NEED_DATA, Decoder
 from .encoder import Encoder
 from .errors import LocalEndedReplication, PeerEndedReplication, StreamCutShort, StreamError
-from .handshake import HandshakeError, HandshakeTimeout, Hello, LinkRefused, Role, check_peer
-
-if TYPE_CHECKING:
-    from colod.tls import PeerTLS
+from .handshake import (
+    HandshakeError,
+    HandshakeTimeout,
+    Hello,
+    LinkRefused,
+    NotAuthenticated,
+    Role,
+    check_peer,
+)
 from .records import Heartbeat, Record, ReplicationEnd, SkippedRecord, StreamHeader
 from .state import Channel
 from .wire import ReplicationEndReason
+
+
+class LinkTLS(typing.Protocol):
+    """What the link asks of its TLS (colod.tls.PeerTLS, which builds on this package's errors)."""
+
+    def wrapper(self, client: bool, clock: IReactorTime) -> Callable[[IProtocol], TLSMemoryBIOProtocol]:
+        """Wraps a link's protocol in TLS, as the client (the primary) or the server."""
+
+    def authenticate(self, transport: ISSLTransport, peer_node: str) -> None:
+        """Accepts the peer only if its certificate names ``peer_node``; raises CertificateMismatch."""
+
+    def failed(self, reason: Failure) -> NotAuthenticated:
+        """Why a connection ended before its TLS handshake was done."""
+
 
 #: Seconds between heartbeats in each direction.
 HEARTBEAT_INTERVAL = 1.0
@@ -211,7 +232,7 @@ class PeerLink(Protocol):
         clock: IReactorTime,
         timing: LinkTiming = LinkTiming(),
         guard: HandshakeGuard | None = None,
-        tls: PeerTLS | None = None,
+        tls: LinkTLS | None = None,
     ) -> None:
         if tls is not None and peer_node is None:
             raise ValueError("a TLS link authenticates its peer by name: give peer_node")
@@ -470,7 +491,7 @@ class PeerLinkFactory(Factory):
     observer: IPeerLinkObserver
     clock: IReactorTime
     timing: LinkTiming = LinkTiming()
-    tls: PeerTLS | None = None
+    tls: LinkTLS | None = None
     guard: HandshakeGuard = attrs.field(init=False)
     _wrap: Callable[[PeerLink], Protocol] = attrs.field(init=False)
 
