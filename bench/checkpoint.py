@@ -2,14 +2,14 @@
 """
 Checkpoint pause and rate of colod, and of the same checkpoint with libxl-style QMP, in one run.
 
-Usage: python bench/checkpoint.py [--checkpoints N] [--quick]
+Usage: python bench/checkpoint.py [--checkpoints N] [--quick] [--link tls|plain|both]
 
-Each scenario starts two pairs of fresh QEMUs (replication nodes are
-single-use per process) from ``colod qemu-args``, with one replicated disk
+Each scenario starts a pair of fresh QEMUs per style and link (replication
+nodes are single-use per process) from ``colod qemu-args``, with one replicated disk
 each and, for the memory scenarios, a 128 MiB memory image per side.  Each
 pair runs colod's PrimaryEngine and SecondaryEngine in this process, linked
 over TCP on 127.0.0.1: the same engines, guest, devices, memory image code
-and stream.  The pairs differ only in the QMP object all of those are given:
+and stream.  The pairs differ in the QMP object all of those are given:
 
 - colod: colod's QMPConnection, one persistent connection per QEMU, so the
   calls of both nodes, and of one node's devices, are in flight together;
@@ -17,8 +17,19 @@ and stream.  The pairs differ only in the QMP object all of those are given:
   monitor of its own, blocking the caller (the reactor, which both nodes
   share here), so every call runs after the one before.
 
+and, with ``--link both`` (the default), in their peer link:
+
+- tls: mutual TLS as the daemon runs it (colod.tls: TLS 1.3, each side's
+  certificate checked against the CA and the peer's name), the ``[tls]`` of
+  each side's configuration, with a CA and node certificates colod.certs
+  makes for the run (``colod make-certs``);
+- plain: the link in plaintext, ``peer.tls = false``.
+
+So each scenario runs four pairs (colod and libxl-style, each on either
+link), or two with ``--link tls`` or ``--link plain``.
+
 The engines' interval is an hour, so they only checkpoint when asked.  Rounds
-alternate between the two pairs: dirty the primary's pages (the guest
+take turns between the pairs: dirty the primary's pages (the guest
 running; not timed), then one checkpoint through request_checkpoint().
 """
 
@@ -45,9 +56,11 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater, react
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from bench.libxl_style import LibxlQMP
-from colod import cli, config
+from colod import certs, cli, config
+from colod import tls as link_tls
 from colod.devices import DeviceGroup
 from colod.engine.primary import PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
@@ -77,6 +90,8 @@ WARMUP = 3
 QUICK = 20
 COLOD, LIBXL = "colod", "libxl-style"
 STYLES = (COLOD, LIBXL)
+TLS, PLAIN = "tls", "plain"
+LINKS = (TLS, PLAIN)
 
 T = TypeVar("T")
 
@@ -212,24 +227,43 @@ class Node:
     guest: QemuGuest
     engine: PrimaryEngine | SecondaryEngine
     image: MemoryImage | None
+    #: The link's TLS from the configuration's ``[tls]``; None on a plaintext link.
+    tls: link_tls.PeerTLS | None
 
 
 @attrs.define
 class Pair:
-    """Both sides of one style, the clock their QMP calls share, and the primary's guest."""
+    """Both sides of one style and link, the clock their QMP calls share, and the primary's guest."""
 
     style: str
+    link: str
     primary: Node
     secondary: Node
     busy: Busy
     dirty: Dirtier | None
 
+    @property
+    def variant(self) -> tuple[str, str]:
+        return self.style, self.link
 
-def write_config(workdir: Path, role: str, nbd_port: int, memory: bool) -> Path:
-    """A colod.toml for ``role`` with one replicated disk; the peer keys are unused (we link the engines)."""
+    @property
+    def name(self) -> str:
+        return f"{self.style} on {self.link}"
+
+
+def write_config(workdir: Path, role: str, nbd_port: int, memory: bool, tls_dir: Path | None) -> Path:
+    """A colod.toml for ``role`` with one replicated disk, its ``[tls]`` the files in ``tls_dir`` (None:
+    ``peer.tls = false``); the peer's addresses are unused (we link the engines)."""
+    peer = Role.SECONDARY if role == Role.PRIMARY else Role.PRIMARY
     lines = [
         "[colod]", f'role = "{role}"', f'node_name = "{role}"',
-        "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"', "tls = false",
+        "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"', f'node_name = "{peer}"',
+        f"tls = {str(tls_dir is not None).lower()}",
+    ]
+    if tls_dir is not None:
+        lines += ["[tls]", f'ca = "{tls_dir / certs.CA_CERT}"', f'certificate = "{tls_dir / certs.CERT}"',
+                  f'key = "{tls_dir / certs.KEY}"']
+    lines += [
         "[[domain]]", f'name = "{DOMAIN}"', f'qmp_socket = "{workdir / role}.qmp"',
         'nbd_host = "127.0.0.1"', f"nbd_port = {nbd_port}",
     ]
@@ -274,10 +308,17 @@ def within(d: Deferred[T], seconds: float = TIMEOUT) -> Deferred[T]:
 
 
 async def start_node(reactor: Any, workdir: Path, role: str, style: str, memory: bool, nbd_port: int,
-                     busy: Busy, stack: contextlib.AsyncExitStack) -> Node:
-    """One side's QEMU, QMP object, devices, guest and engine; their cleanups go on ``stack``."""
-    path = write_config(workdir, role, nbd_port, memory)
-    domain = config.load(path, role).domains[0]
+                     tls_dir: Path | None, busy: Busy, stack: contextlib.AsyncExitStack) -> Node:
+    """One side's QEMU, QMP object, devices, guest, engine and link TLS; their cleanups go on ``stack``."""
+    path = write_config(workdir, role, nbd_port, memory, tls_dir)
+    loaded = config.load(path, role)  # checks [tls] as the daemon's start does
+    domain = loaded.domains[0]
+    tls = None
+    if loaded.peer.tls:
+        assert loaded.tls is not None
+        # As the daemon puts its link under TLS (colod.engine.peering).
+        tls = link_tls.PeerTLS(link_tls.load(loaded.tls.ca, loaded.tls.certificate, loaded.tls.key,
+                                             loaded.node_name))
     # Every QEMU gets the libxl-style monitor, so that both styles drive the same command line.
     libxl_monitor = workdir / f"{role}-libxl.qmp"
     qemu = QemuProcess(workdir, role, [
@@ -302,38 +343,45 @@ async def start_node(reactor: Any, workdir: Path, role: str, style: str, memory:
     if domain.memory_image is not None:
         image = MemoryImage.open(domain.memory_image)
         stack.callback(image.close)
-    return Node(role, qmp, guest, engine, image)
+    return Node(role, qmp, guest, engine, image, tls)
 
 
-async def start_pair(reactor: Any, workdir: Path, scenario: Scenario, style: str,
-                     stack: contextlib.AsyncExitStack) -> Pair:
-    """Both sides of ``style``, linked over TCP on 127.0.0.1, after their first (full) checkpoint."""
+async def start_pair(reactor: Any, workdir: Path, scenario: Scenario, style: str, link: str,
+                     tls_dirs: dict[str, Path], stack: contextlib.AsyncExitStack) -> Pair:
+    """Both sides of ``style``, linked over TCP on 127.0.0.1 (under TLS with the node directories
+    ``tls_dirs`` if ``link`` is TLS), after their first (full) checkpoint."""
     workdir.mkdir()
     memory = scenario.dirty_pages is not None
     make_images(workdir, memory)
     busy = Busy()
     nbd_port = free_port()
-    secondary = await start_node(reactor, workdir, "secondary", style, memory, nbd_port, busy, stack)
-    primary = await start_node(reactor, workdir, "primary", style, memory, nbd_port, busy, stack)
+    nodes = [await start_node(reactor, workdir, role, style, memory, nbd_port,
+                              tls_dirs[role] if link == TLS else None, busy, stack)
+             for role in (Role.SECONDARY, Role.PRIMARY)]
+    secondary, primary = nodes
     port = reactor.listenTCP(0, PeerLinkFactory(
-        Hello(Role.SECONDARY, DOMAIN, "secondary"), "primary", secondary.engine, reactor),
+        Hello(Role.SECONDARY, DOMAIN, "secondary"), "primary", secondary.engine, reactor, tls=secondary.tls),
         interface="127.0.0.1")
     stack.push_async_callback(lambda: within(maybeDeferred(port.stopListening)))
-    link = await within(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(PeerLinkFactory(
-        Hello(Role.PRIMARY, DOMAIN, "primary"), "secondary", primary.engine, reactor)))
+    connection = await within(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+        PeerLinkFactory(Hello(Role.PRIMARY, DOMAIN, "primary"), "secondary", primary.engine, reactor,
+                        tls=primary.tls)))
+    if isinstance(connection, TLSMemoryBIOProtocol) != (link == TLS):
+        connection.transport.abortConnection()
+        raise BenchError(f"{style}: the link is not {link}")
 
     async def shut_down() -> None:
         try:
             for node in (primary, secondary):
                 await within(node.engine.shutdown())
         finally:
-            link.transport.abortConnection()
+            connection.transport.abortConnection()  # under TLS, its TCP transport: no close_notify wait
 
     stack.push_async_callback(shut_down)
     dirty = None
     if primary.image is not None and scenario.dirty_pages:
         dirty = Dirtier(primary.image, scenario.dirty_pages)
-    pair = Pair(style, primary, secondary, busy, dirty)
+    pair = Pair(style, link, primary, secondary, busy, dirty)
     await until(reactor, lambda: primary.engine.checkpoints >= 1 and secondary.engine.checkpoints >= 1,
                 FIRST_TIMEOUT, "the first checkpoint", pair)
     return pair
@@ -345,7 +393,7 @@ async def until(reactor: Any, condition: Callable[[], bool], timeout: float, wha
     while not condition():
         check(pair)
         if reactor.seconds() > deadline:
-            raise BenchError(f"{pair.style}: {what}: not within {timeout:g} s (primary "
+            raise BenchError(f"{pair.name}: {what}: not within {timeout:g} s (primary "
                              f"{pair.primary.engine.state}, secondary {pair.secondary.engine.state})")
         await deferLater(reactor, 0.01, lambda: None)
 
@@ -354,7 +402,7 @@ def check(pair: Pair) -> None:
     """Stop the run as soon as either engine has given up: its figures would be meaningless."""
     for node in (pair.primary, pair.secondary):
         if node.engine.error is not None:
-            raise BenchError(f"{pair.style}: the {node.role}'s engine ended replication: {node.engine.error}")
+            raise BenchError(f"{pair.name}: the {node.role}'s engine ended replication: {node.engine.error}")
 
 
 def check_memory(pair: Pair, scenario: Scenario) -> None:
@@ -363,7 +411,7 @@ def check_memory(pair: Pair, scenario: Scenario) -> None:
     if p is not None and s is not None:
         everything = range(IMAGE_PAGES)
         if p.read_pages(everything) != s.read_pages(everything):
-            raise BenchError(f"{scenario.label}, {pair.style}: the two memory images differ after the "
+            raise BenchError(f"{scenario.label}, {pair.name}: the two memory images differ after the "
                              "last checkpoint")
 
 
@@ -406,28 +454,31 @@ async def checkpoint(pair: Pair) -> Round:
 
 @attrs.frozen
 class Result:
-    """One scenario's measured rounds of each style."""
+    """One scenario's measured rounds of each style on each link."""
 
     scenario: Scenario
-    rounds: dict[str, list[Round]]
+    rounds: dict[tuple[str, str], list[Round]]
     qemu_version: str
 
 
-async def run(reactor: Any, workdir: Path, scenario: Scenario) -> Result:
-    """Build a pair of each style, alternate their rounds, check the images match, tear both down."""
+async def run(reactor: Any, workdir: Path, scenario: Scenario, links: tuple[str, ...],
+              tls_dirs: dict[str, Path]) -> Result:
+    """Build a pair of each style on each link, alternate their rounds, check the images match, tear all
+    down."""
     async with contextlib.AsyncExitStack() as stack:
-        pairs = [await start_pair(reactor, workdir / f"{scenario.slug}-{style}", scenario, style, stack)
-                 for style in STYLES]
-        rounds: dict[str, list[Round]] = {style: [] for style in STYLES}
+        pairs = [await start_pair(reactor, workdir / f"{scenario.slug}-{style}-{link}", scenario, style, link,
+                                  tls_dirs, stack)
+                 for style in STYLES for link in links]
+        rounds: dict[tuple[str, str], list[Round]] = {pair.variant: [] for pair in pairs}
         for n in range(WARMUP + scenario.checkpoints):
             for pair in pairs:
                 if pair.dirty is not None:
                     pair.dirty()
                 done = await checkpoint(pair)
                 if n >= WARMUP:
-                    rounds[pair.style].append(done)
+                    rounds[pair.variant].append(done)
                 # Let what queued up while a libxl-style call blocked the reactor (heartbeats,
-                # QMP events) run now, not inside the other pair's next pause.
+                # QMP events) run now, not inside the next pair's pause.
                 await deferLater(reactor, 0, lambda: None)
                 check(pair)
         for pair in pairs:
@@ -460,46 +511,87 @@ def machine(version: str) -> str:
             f"Python {platform.python_version()}")
 
 
+Columns = tuple[tuple[str, int], ...]
 #: The table's columns: name and width.
-COLUMNS = (("scenario", 9), ("style", 11), ("n", 4), ("p50", 7), ("p99", 7), ("own", 6), ("qmp", 6),
-           ("copy", 6), ("ck/s", 5), ("p50 ratio", 9), ("ck/s ratio", 10))
+COLUMNS: Columns = (("scenario", 9), ("style", 11), ("link", 5), ("n", 4), ("p50", 7), ("p99", 7), ("own", 6),
+                    ("qmp", 6), ("copy", 6), ("ck/s", 5), ("p50 ratio", 9), ("ck/s ratio", 10))
+#: The TLS table's: each style's pause and rate on either link, and TLS / plaintext.
+TLS_COLUMNS: Columns = (("scenario", 9), ("style", 11), ("p50 tls", 7), ("p50 plain", 9), ("ratio", 5),
+                        ("p99 tls", 7), ("p99 plain", 9), ("ratio", 5), ("ck/s tls", 8), ("ck/s plain", 10),
+                        ("ratio", 5))
 GAP = "  "
 
 
-def line(cells: list[str]) -> str:
-    return GAP.join(c.ljust(w) if i < 2 else c.rjust(w)
-                    for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS, strict=True)))
+def line(cells: list[str], columns: Columns = COLUMNS) -> str:
+    """A table's row: its first columns (the labels) to the left, the figures to the right."""
+    labels = next(i for i, (name, _) in enumerate(columns) if name not in ("scenario", "style", "link"))
+    return GAP.join(c.ljust(w) if i < labels else c.rjust(w)
+                    for i, (c, (_, w)) in enumerate(zip(cells, columns, strict=True)))
 
 
 def rate(rounds: list[Round]) -> float:
     return len(rounds) / sum(r.round for r in rounds)
 
 
-def row(label: str, style: str, rounds: list[Round], ratios: list[str]) -> str:
-    pause = [r.pause for r in rounds]
+def p50(rounds: list[Round]) -> float:
+    return percentile([r.pause for r in rounds], 50)
+
+
+def p99(rounds: list[Round]) -> float:
+    return percentile([r.pause for r in rounds], 99)
+
+
+def row(label: str, style: str, link: str, rounds: list[Round], ratios: list[str]) -> str:
     return line([
-        label, style, str(len(rounds)), ms(percentile(pause, 50)), ms(percentile(pause, 99)),
+        label, style, link, str(len(rounds)), ms(p50(rounds)), ms(p99(rounds)),
         *(ms(statistics.median(getattr(r, part) for r in rounds)) for part in ("own", "qmp", "copy")),
         f"{rate(rounds):.0f}", *ratios,
     ])
 
 
-def report(results: list[Result], loads: tuple[str, str]) -> None:
+def tls_row(label: str, style: str, tls: list[Round], plain: list[Round]) -> str:
+    """``style``'s pause and rate under TLS and in plaintext, and their ratios TLS / plaintext."""
+    cells = [label, style]
+    for figure in (p50, p99):
+        cells += [ms(figure(tls)), ms(figure(plain)), f"{figure(tls) / figure(plain):.2f}"]
+    cells += [f"{rate(tls):.0f}", f"{rate(plain):.0f}", f"{rate(tls) / rate(plain):.2f}"]
+    return line(cells, TLS_COLUMNS)
+
+
+def report(results: list[Result], links: tuple[str, ...], loads: tuple[str, str]) -> None:
     print(f"machine: {machine(results[0].qemu_version)}; load average {loads[0]} at start, {loads[1]} at end")
     print(f"memory image {IMAGE_PAGES * PAGE_SIZE // MiB} MiB per side (none for disk-only), pages dirtied "
           f"at random; one replicated raw disk of {DISK_SIZE // MiB} MiB; QEMU -machine none")
-    print("both styles: colod's engines, guest, devices and stream over TCP on 127.0.0.1, a fresh QEMU pair "
-          "each; only the QMP object differs;")
-    print("rounds interleaved: per scenario both pairs are up and their checkpoints alternate "
-          f"({COLOD}, {LIBXL}, {COLOD}, ...);")
-    print(f"the first (full) checkpoint and {WARMUP} warm-up rounds of each style are not counted")
+    print("every pair: colod's engines, guest, devices and stream over TCP on 127.0.0.1, a fresh QEMU pair "
+          "each; only the QMP object (style) and the link differ;")
+    print("link tls: mutual TLS 1.3 as the daemon runs it (colod.tls, the [tls] of each side's "
+          "configuration), with certificates colod.certs made for the run (ECDSA P-256); "
+          "link plain: peer.tls = false;")
+    variants = ", ".join(f"{style} on {link}" for style in STYLES for link in links)
+    print(f"rounds interleaved: per scenario all {len(STYLES) * len(links)} pairs are up and their "
+          f"checkpoints take turns ({variants}, ...);")
+    print(f"the first (full) checkpoint and {WARMUP} warm-up rounds of each pair are not counted")
     print()
     print(line([name for name, _ in COLUMNS]))
     for r in results:
-        colod, libxl = r.rounds[COLOD], r.rounds[LIBXL]
-        p50_ratio = percentile([x.pause for x in libxl], 50) / percentile([x.pause for x in colod], 50)
-        print(row(r.scenario.label, COLOD, colod, ["", ""]))
-        print(row("", LIBXL, libxl, [f"{p50_ratio:.2f}", f"{rate(colod) / rate(libxl):.2f}"]))
+        label = r.scenario.label
+        for style in STYLES:
+            for link in links:
+                rounds, ratios = r.rounds[style, link], ["", ""]
+                if style == LIBXL:
+                    colod = r.rounds[COLOD, link]
+                    ratios = [f"{p50(rounds) / p50(colod):.2f}", f"{rate(colod) / rate(rounds):.2f}"]
+                print(row(label, style, link, rounds, ratios))
+                label = ""
+    if links == LINKS:
+        print()
+        print("the peer link under TLS beside plaintext, same scenario, style and workload (ratio: TLS / "
+              "plaintext; for p50 and p99 above 1 and for ck/s below 1, TLS is slower):")
+        print(line([name for name, _ in TLS_COLUMNS], TLS_COLUMNS))
+        for r in results:
+            for n, style in enumerate(STYLES):
+                label = "" if n else r.scenario.label
+                print(tls_row(label, style, r.rounds[style, TLS], r.rounds[style, PLAIN]))
     print()
     for text in (
         "ms; pause: the primary's guest suspended, from CHECKPOINT_STATE(NEW) (just before stop) to cont "
@@ -511,8 +603,8 @@ def report(results: list[Result], loads: tuple[str, str]) -> None:
         "own, qmp, copy are medians of each round's",
         "ck/s: checkpoints back to back through request_checkpoint(): n / the sum of request-to-SVM_RESUMED "
         "times; the dirtying between rounds is not timed",
-        f"p50 ratio: {LIBXL} p50 / {COLOD} p50; ck/s ratio: {COLOD} ck/s / {LIBXL} ck/s (above 1: colod is "
-        "faster)",
+        f"p50 ratio: {LIBXL} p50 / {COLOD} p50; ck/s ratio: {COLOD} ck/s / {LIBXL} ck/s, on the same link "
+        "(above 1: colod is faster)",
         f"both nodes share this process: {LIBXL} blocks it, so the secondary's suspend step (one "
         "query-xen-replication-status) waits for the primary's stop and device-state save instead of "
         "overlapping them as on two hosts",
@@ -522,20 +614,26 @@ def report(results: list[Result], loads: tuple[str, str]) -> None:
 
 async def bench(reactor: Any, options: argparse.Namespace) -> None:
     count = options.checkpoints or (QUICK if options.quick else None)
+    links = LINKS if options.link == "both" else (options.link,)
     shm = Path("/dev/shm")  # the overlays, which every checkpoint empties, belong on tmpfs
     started = load_average()
     with tempfile.TemporaryDirectory(prefix="colod-bench-", dir=shm if shm.is_dir() else None) as tmp:
+        # One CA and a certificate per node, as colod make-certs makes them; every TLS pair uses them.
+        tls_dirs = certs.make(Path(tmp) / "tls", list(Role)) if TLS in links else {}
         results = []
         for scenario in scenarios(count):
-            print(f"{scenario.label}: {scenario.checkpoints} checkpoints of each style...", file=sys.stderr)
-            results.append(await run(reactor, Path(tmp), scenario))
-    report(results, (started, load_average()))
+            print(f"{scenario.label}: {scenario.checkpoints} checkpoints of each pair...", file=sys.stderr)
+            results.append(await run(reactor, Path(tmp), scenario, links, tls_dirs))
+    report(results, links, (started, load_average()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--checkpoints", type=int, metavar="N", help="measured checkpoints per scenario")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK} checkpoints per scenario")
+    parser.add_argument("--link", choices=(*LINKS, "both"), default="both",
+                        help="the peer link: mutual TLS, plaintext (peer.tls = false), or both side by side "
+                             "(default)")
     options = parser.parse_args()
     if options.checkpoints is not None and options.checkpoints < 2:
         parser.error("--checkpoints needs at least 2 for percentiles")
