@@ -37,6 +37,7 @@ from colod.qmp import QMPCommands
 BINDINGS_PATH = "/usr/lib/xen-4.17/lib/python"
 #: xen/include/public/sched.h
 SHUTDOWN_SUSPEND = 2
+SHUTDOWN_REASONS = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft reset"}
 #: xen/include/public/hvm/params.h
 HVM_PARAM_CALLBACK_IRQ = 0
 HVM_PARAM_ACPI_S_STATE = 14
@@ -96,7 +97,7 @@ class XenDomain:
             self.how = "xenstore control/shutdown"
             self._xs.write("", control, "suspend")
             try:
-                await self._until(lambda: self._read(control) != "suspend", "acknowledge the suspend request")
+                await self._until(lambda: self._acknowledged(control), "acknowledge the suspend request")
             except DomainError:
                 self._xs.write("", control, "")  # withdrawn, as libxl does: no late suspend
                 raise
@@ -138,12 +139,21 @@ class XenDomain:
         value = self._xs.read("", path)
         return value.decode() if isinstance(value, bytes) else value
 
+    def _acknowledged(self, control: str) -> bool:
+        """The guest took the request up; a guest that died or shut down meanwhile (a triple
+        fault is a reboot) never will, and says so at once, not at the deadline."""
+        if self._read(control) != "suspend":
+            return True
+        self._suspended()
+        return False
+
     def _suspended(self) -> bool:
         info = self.info()
         if not info["shutdown"]:
             return False
         if info["shutdown_reason"] != SHUTDOWN_SUSPEND:
-            raise DomainError(f"domain {self.domid} shut down (reason {info['shutdown_reason']}) "
+            reason = SHUTDOWN_REASONS.get(info["shutdown_reason"], "an unknown reason")
+            raise DomainError(f"domain {self.domid} shut down ({reason}, {info['shutdown_reason']}) "
                               "instead of suspending")
         return True
 

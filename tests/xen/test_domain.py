@@ -34,6 +34,7 @@ class FakeXen:
         self.reason = reason
         self.store: dict[str, bytes] = {}
         self.shutdown = False
+        self.gone = False
         self.calls: list[tuple[Any, ...]] = []
 
     # xc
@@ -41,6 +42,8 @@ class FakeXen:
         return int(self.pv_drivers) if param == HVM_PARAM_CALLBACK_IRQ else 0
 
     def domain_getinfo(self, first: int, count: int) -> list[dict[str, Any]]:
+        if self.gone:
+            return [{"domid": first + 1, "shutdown": 0, "shutdown_reason": 0}]  # the next domain's
         return [{"domid": first, "shutdown": int(self.shutdown), "shutdown_reason": self.reason}]
 
     def domain_shutdown(self, domid: int, reason: int) -> None:
@@ -112,8 +115,24 @@ class XenDomainTests(TestCase):
         xen = FakeXen(reason=0)
         domain, _ = self.domain(xen)
         failure = self.failureResultOf(Deferred.fromCoroutine(domain.suspend()), DomainError)
-        self.assertEqual(str(failure.value), "domain 7 shut down (reason 0) instead of suspending")
+        self.assertEqual(str(failure.value), "domain 7 shut down (poweroff, 0) instead of suspending")
         self.assertNotIn(("qmp", "stop", None), xen.calls)
+
+    def test_a_guest_that_dies_before_it_acknowledges(self) -> None:
+        """A guest that reboots (a triple fault) or vanishes while asked is reported at once, not at
+        the deadline, and the request is withdrawn."""
+        for dies, error in [(lambda xen: setattr(xen, "shutdown", True), "domain 7 shut down (reboot, 1) "
+                             "instead of suspending"),
+                            (lambda xen: setattr(xen, "gone", True), "domain 7 is gone")]:
+            xen = FakeXen(acknowledges=False, reason=1)
+            domain, clock = self.domain(xen)
+            d = Deferred.fromCoroutine(domain.suspend())
+            clock.advance(0.1)
+            self.assertNoResult(d)
+            dies(xen)
+            clock.advance(0.01)
+            self.assertEqual(str(self.failureResultOf(d, DomainError).value), error)
+            self.assertEqual(xen.calls[-1], ("xs.write", CONTROL, ""))
 
     def test_resume_in_libxls_order(self) -> None:
         xen = FakeXen()
