@@ -62,9 +62,11 @@ from bench.libxl_style import LibxlQMP
 from colod import certs, cli, config
 from colod import tls as link_tls
 from colod.devices import DeviceGroup
+from colod.engine.generation import Generation
 from colod.engine.primary import PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
 from colod.engine.status import StatusFile
+from colod.failover.policy import Manual, OperatorRequest
 from colod.guest.device_model import DeviceModelEngine
 from colod.guest.memory_image import MemoryImage
 from colod.guest.qemu_guest import QemuGuest
@@ -259,6 +261,7 @@ def write_config(workdir: Path, role: str, nbd_port: int, memory: bool, tls_dir:
         "[colod]", f'role = "{role}"', f'node_name = "{role}"',
         "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"', f'node_name = "{peer}"',
         f"tls = {str(tls_dir is not None).lower()}",
+        "[failover]", 'policy = "manual"',
     ]
     if tls_dir is not None:
         lines += ["[tls]", f'ca = "{tls_dir / certs.CA_CERT}"', f'certificate = "{tls_dir / certs.CERT}"',
@@ -336,9 +339,11 @@ async def start_node(reactor: Any, workdir: Path, role: str, style: str, memory:
     common = (domain, role, guest, group, reactor, StatusFile(workdir / f"{role}-status", reactor), qmp)
     engine: PrimaryEngine | SecondaryEngine
     if role == "primary":
-        engine = PrimaryEngine(*common, interval=3600.0, checkpoint_timeout=FIRST_TIMEOUT)
+        engine = PrimaryEngine(*common, generation=Generation(workdir / role), interval=3600.0,
+                               checkpoint_timeout=FIRST_TIMEOUT)
     else:
-        engine = SecondaryEngine(*common)
+        engine = SecondaryEngine(*common, generation=Generation(workdir / role), policy=Manual(),
+                                 requests=OperatorRequest(workdir, "bench"))
     image = None
     if domain.memory_image is not None:
         image = MemoryImage.open(domain.memory_image)

@@ -5,6 +5,11 @@
 colod needs: the device-model options, then one ``-blockdev`` per configured
 disk part, an option and its value per line, shell-quoted.
 
+``colod failover --config FILE DOMAIN`` tells the secondary, which waits for
+an operator's decision after losing its primary (colod.failover.policy),
+to take the guest over; it refuses when the domain's status says no such
+decision is awaited.
+
 ``colod make-certs --dir DIR NODE...`` makes a lab's CA and a certificate for
 each node (colod.certs) and prints each node's ``[tls]`` keys.
 
@@ -15,6 +20,9 @@ usage error.
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -22,6 +30,8 @@ from pathlib import Path
 
 from colod import certs, config, tls
 from colod.config import ConfigError
+from colod.engine.secondary import SecondaryState
+from colod.failover.policy import OperatorRequest
 from colod.qemu_args import device_model_args, qemu_args
 from colod.role import Role
 
@@ -42,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     args.add_argument("--device-model", action="store_true",
                       help="secondary without Xen: the arguments of the separate device-model QEMU "
                       "(device_model_socket), which waits with -incoming defer, instead")
+    failover = commands.add_parser(
+        "failover", help="take a lost primary's guest over on this secondary, once you know the primary "
+        "is down", description="Tell this node's colod, whose secondary lost its primary and waits for an "
+        "operator (failover policy manual, or a fence that failed), to run the guest from its last "
+        "checkpoint. Make sure first that the primary's guest does not run: two running copies of a "
+        "guest are worse than none.")
+    failover.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
+                          help=f"colod's configuration (default {config.DEFAULT_PATH})")
+    failover.add_argument("domain", metavar="DOMAIN", help="the domain's name, as the configuration says")
     make = commands.add_parser(
         "make-certs", help="make a lab's CA and a certificate for each node (not for production)",
         description="Make a CA in DIR (or reuse the one there) and, for each NODE, a directory DIR/NODE "
@@ -64,6 +83,30 @@ def _make_certs(parser: argparse.ArgumentParser, options: argparse.Namespace) ->
     for node, node_dir in certs.make(directory, options.nodes, options.days).items():
         print(f"# {node}\n[tls]\nca = \"{node_dir / certs.CA_CERT}\"\n"
               f"certificate = \"{node_dir / certs.CERT}\"\nkey = \"{node_dir / certs.KEY}\"")
+
+
+def _failover(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    loaded = config.load(options.config)
+    names = [d.name for d in loaded.domains]
+    if options.domain not in names:
+        parser.error(f"no domain {options.domain!r} in {options.config} (it has: {', '.join(names)})")
+    status_path = os.path.join(loaded.state_dir, options.domain, "status.json")
+    try:
+        with open(status_path, encoding="utf-8") as f:
+            state = json.load(f).get("state")
+    except (OSError, ValueError) as e:
+        raise FailoverError(f"cannot read {status_path} ({e}): is colod running here?") from None
+    if state != SecondaryState.AWAITING_OPERATOR:
+        raise FailoverError(f"domain {options.domain} is not waiting for an operator's decision (its state "
+                            f"is {state!r}, from {status_path}); nothing was asked")
+    request = OperatorRequest(loaded.state_dir, options.domain)
+    request.write(f"colod failover by {getpass.getuser()}, pid {os.getpid()}")
+    print(f"domain {options.domain}: takeover requested ({request.path}); colod takes it up within a second "
+          f"and says so in its log and {status_path}")
+
+
+class FailoverError(Exception):
+    """colod failover found nothing to ask, or could not ask."""
 
 
 def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -96,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.command == "make-certs":
             _make_certs(parser, options)
+        elif options.command == "failover":
+            _failover(parser, options)
         else:
             _qemu_args(parser, options)
-    except (ConfigError, certs.CertError) as e:
+    except (ConfigError, certs.CertError, FailoverError, OSError) as e:
         print(f"colod: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -28,6 +28,7 @@ import attrs
 
 from colod import tls as link_tls
 from colod.endpoints import client_problem, host_problem, server_problem, tcp_port
+from colod.failover.policy import PLACEHOLDERS, PolicyName
 from colod.role import Role
 
 DEFAULT_PATH = "/etc/colod/colod.toml"
@@ -127,6 +128,16 @@ class DomainConfig:
 
 
 @attrs.frozen
+class FailoverConfig:
+    """``[failover]``: what the secondary needs before it runs a lost primary's guest."""
+
+    policy: PolicyName
+    #: The fence policy's command, an argv list ({domain} and {peer} filled in); empty otherwise.
+    fence_command: tuple[str, ...] = ()
+    fence_timeout: float = 60.0
+
+
+@attrs.frozen
 class Config:
     """The whole, validated configuration of one colod."""
 
@@ -139,6 +150,7 @@ class Config:
     peer: PeerConfig
     qmp: QMPConfig
     domains: tuple[DomainConfig, ...]
+    failover: FailoverConfig
     #: None when the file has no ``[tls]`` (allowed only with ``peer.tls = false``).
     tls: TLSConfig | None = None
 
@@ -250,6 +262,7 @@ HEARTBEAT_INTERVAL = (0.05, 60.0)
 HEARTBEAT_TIMEOUT = (0.1, 600.0)
 COMMAND_TIMEOUT = (0.1, 600.0)
 CONNECT_TIMEOUT = (0.1, 3600.0)
+FENCE_TIMEOUT = (0.1, 3600.0)
 
 
 def _absolute_path(v: str) -> str | None:
@@ -365,6 +378,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
     )
     qmp_table.done()
 
+    failover = _failover(top)
     domains = tuple(_domain(t) for t in top.tables("domain"))
     top.done()
     if peer.node_name == node_name:
@@ -382,10 +396,45 @@ def parse(data: dict[str, Any], path: str) -> Config:
                               "secondary colod and the NBD server cannot both listen on it")
     config = Config(path=path, role=role, node_name=node_name, state_dir=state_dir,
                     checkpoint_interval=checkpoint_interval,
-                    peer=peer, qmp=qmp, domains=domains, tls=tls)
+                    peer=peer, qmp=qmp, domains=domains, failover=failover, tls=tls)
     _check_files(config)
     _check_role_link(config)
     return config
+
+
+def _failover(top: _Table) -> FailoverConfig:
+    """``[failover]``, which must be there: no file gets the unsafe heartbeat-only by default."""
+    policies = tuple(p.value for p in PolicyName)
+    if not top.has("failover"):
+        raise top.fail("failover", f"missing: say how a lost primary is replaced, policy = one of "
+                       f"{', '.join(policies)} (docs/engine.md, Failover)")
+    table = top.table("failover")
+    policy = PolicyName(table.take("policy", str, check=_one_of(policies)))
+    if policy is PolicyName.FENCE:
+        command = table.take("fence_command", list, check=_fence_command)
+        failover = FailoverConfig(policy, tuple(command),
+                                  table.take("fence_timeout", float, 60.0, check=_seconds(*FENCE_TIMEOUT)))
+    else:
+        for key in ("fence_command", "fence_timeout"):
+            if table.has(key):
+                raise table.fail(key, f"is read only with policy = \"fence\" (policy is {policy.value!r})")
+        failover = FailoverConfig(policy)
+    table.done()
+    return failover
+
+
+def _fence_command(argv: list[Any]) -> str | None:
+    if not argv or not all(isinstance(arg, str) and arg for arg in argv):
+        return "must be a list of non-empty strings, the program first"
+    if not argv[0].startswith("/"):
+        return "must start with the program's absolute path"
+    if not (os.path.isfile(argv[0]) and os.access(argv[0], os.X_OK)):
+        return f"{argv[0]} is not an executable file on this host: no takeover could ever be fenced"
+    for arg in argv:
+        for placeholder in re.findall(r"\{[^}]*\}", arg):
+            if placeholder not in PLACEHOLDERS:
+                return f"{placeholder} is not a placeholder colod fills in (only {', '.join(PLACEHOLDERS)})"
+    return None
 
 
 def _tls(top: _Table, node_name: str) -> TLSConfig:

@@ -34,10 +34,19 @@ from colod import startup
 from colod.config import Config, DomainConfig
 from colod.devices import DeviceGroup
 from colod.engine.core import EngineCore
+from colod.engine.generation import Generation, GenerationError
 from colod.engine.peering import PeerEndpoint
 from colod.engine.primary import PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
 from colod.engine.status import StatusFile
+from colod.failover.policy import (
+    FenceCommand,
+    HeartbeatOnly,
+    Manual,
+    OperatorRequest,
+    PolicyName,
+    TakeoverPolicy,
+)
 from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine
 from colod.guest.qemu_guest import QemuGuest
 from colod.qmp import REQUIRED_COMMANDS, QemuInfo, QMPCapabilityError, QMPConnection, QMPFailure
@@ -157,16 +166,24 @@ class DomainService(Service):
                 raise ProtectionError(f"cannot use the guest's memory image: {e}") from None
         devices = DeviceGroup(domain, config.role, qmp, self._reactor)
         status = StatusFile(state_dir, self._reactor)
+        try:
+            generation = Generation(state_dir)
+        except GenerationError as e:
+            raise ProtectionError(str(e)) from None
         common = (domain, config.node_name, self._guest, devices, self._reactor, status)
         if config.role is Role.PRIMARY:
             assert qmp is not None  # only a Xen secondary has none
-            self.engine = PrimaryEngine(*common, qmp, interval=config.checkpoint_interval,
+            self.engine = PrimaryEngine(*common, qmp, generation=generation,
+                                        interval=config.checkpoint_interval,
                                         checkpoint_timeout=checkpoint_timeout(config))
         else:
-            self.engine = SecondaryEngine(*common, qmp)
+            self.engine = SecondaryEngine(*common, qmp, generation=generation,
+                                          policy=takeover_policy(config, domain, self._reactor),
+                                          requests=OperatorRequest(config.state_dir, domain.name))
         self.engine.publish()
         try:
-            self._peer = PeerEndpoint(config, domain, self.engine, self._reactor)
+            self._peer = PeerEndpoint(config, domain, self.engine, self._reactor,
+                                      generation=lambda: generation.value)
         except TLSFileError as e:
             raise ProtectionError(f"tls.{e.key}: {e}") from None
         self._peer.start().addErrback(self._peer_failed)
@@ -252,6 +269,17 @@ class DomainService(Service):
         self.log.info("domain {domain}: QMP connection closed", domain=self._domain.name)
 
 
+def takeover_policy(config: Config, domain: DomainConfig, reactor: Any) -> TakeoverPolicy:
+    """The ``[failover]`` policy's decider for ``domain``."""
+    failover = config.failover
+    if failover.policy is PolicyName.FENCE:
+        return FenceCommand(reactor, failover.fence_command, failover.fence_timeout, domain=domain.name,
+                            peer=config.peer.node_name or "")
+    if failover.policy is PolicyName.MANUAL:
+        return Manual()
+    return HeartbeatOnly()
+
+
 class ColodService(MultiService):
     """The root of colod's service tree for one node."""
 
@@ -281,6 +309,10 @@ class ColodService(MultiService):
             self.log.warn("INSECURE: the peer link is plaintext (peer.tls = false in {path}): anyone who "
                           "can reach it can read the guest's memory and disks' checkpoints, and act as "
                           "the peer; use [tls]", path=self.config.path)
+        if self.config.failover.policy is PolicyName.HEARTBEAT_ONLY:
+            self.log.warn("UNSAFE: failover policy heartbeat-only ({path}): a secondary that stops hearing "
+                          "its primary takes over, so a partition or a stalled primary runs the guest on "
+                          "both hosts; use fence or manual", path=self.config.path)
         super().startService()
 
     def fail(self, reason: str) -> None:

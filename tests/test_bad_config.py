@@ -48,6 +48,11 @@ class Bad:
     certificates: bool = False
 
 
+def failover(table: str) -> str:
+    """GOOD with ``table``'s lines for its [failover]."""
+    return edited('[failover]\npolicy = "manual"\n', f"[failover]\n{table}\n")
+
+
 def with_colod(line: str) -> str:
     """GOOD with ``line`` added to [colod]."""
     return edited('node_name = "dom0-b"\n', f'node_name = "dom0-b"\n{line}\n')
@@ -315,6 +320,34 @@ BAD = [
     tls_bad("tls_peer_name_is_an_address", 'node_name = "dom0-a"', 'node_name = "10.0.0.1"',
             "peer.node_name: cannot be a certificate's DNS name (it reads as an IP address); TLS needs "
             "another name (got '10.0.0.1')"),
+    # -- failover -------------------------------------------------------------------------------
+    Bad("failover_missing", edited('[failover]\npolicy = "manual"\n', ""),
+        "failover: missing: say how a lost primary is replaced, policy = one of fence, manual, "
+        "heartbeat-only (docs/engine.md, Failover)"),
+    Bad("failover_unknown_policy", failover('policy = "quorum"'),
+        "failover.policy: must be one of 'fence', 'manual', 'heartbeat-only' (got 'quorum')"),
+    Bad("failover_fence_without_command", failover('policy = "fence"'),
+        "failover.fence_command: missing required key"),
+    Bad("failover_fence_relative", failover('policy = "fence"\nfence_command = ["fence_ipmilan"]'),
+        "failover.fence_command: must start with the program's absolute path (got ['fence_ipmilan'])"),
+    Bad("failover_fence_missing_program", failover(f'policy = "fence"\nfence_command = ["{DIR}/agent"]'),
+        f"failover.fence_command: {DIR}/agent is not an executable file on this host: no takeover could "
+        f"ever be fenced (got ['{DIR}/agent'])"),
+    Bad("failover_fence_not_executable", failover(f'policy = "fence"\nfence_command = ["{DIR}/agent"]'),
+        f"failover.fence_command: {DIR}/agent is not an executable file on this host: no takeover could "
+        f"ever be fenced (got ['{DIR}/agent'])", make=(("agent", "file"),)),
+    Bad("failover_fence_empty_argument", failover('policy = "fence"\nfence_command = ["/bin/true", ""]'),
+        "failover.fence_command: must be a list of non-empty strings, the program first "
+        "(got ['/bin/true', ''])"),
+    Bad("failover_fence_unknown_placeholder",
+        failover('policy = "fence"\nfence_command = ["/bin/true", "{host}"]'),
+        "failover.fence_command: {host} is not a placeholder colod fills in (only {domain}, {peer}) "
+        "(got ['/bin/true', '{host}'])"),
+    Bad("failover_fence_timeout_zero",
+        failover('policy = "fence"\nfence_command = ["/bin/true"]\nfence_timeout = 0'),
+        "failover.fence_timeout: must be between 0.1 and 3600 seconds (got 0.0)"),
+    Bad("failover_fence_keys_without_fence", failover('policy = "manual"\nfence_command = ["/bin/true"]'),
+        "failover.fence_command: is read only with policy = \"fence\" (policy is 'manual')"),
     # -- Xen domains ------------------------------------------------------------------------------
     Bad("xen_with_disks", XEN + GOOD[GOOD.index("[[domain.disk]]"):],
         "domain[0].disk: not for a Xen domain ([domain.xen]): Debian's Xen QEMU has no block replication "

@@ -15,6 +15,7 @@ import pytest
 
 from colod import config, tap
 from colod.endpoints import client_problem, host_problem, server_problem
+from colod.failover.policy import PolicyName
 from colod.role import Role
 from colod.testing.lab import free_port
 from tests import certs
@@ -39,6 +40,9 @@ node_name = "dom0-b"
 {CONNECT}
 # The checks here are of everything but TLS (tests.test_tls_config): a plaintext link, said so.
 tls = false
+
+[failover]
+policy = "manual"
 
 [[domain]]
 name = "guest1"
@@ -112,12 +116,22 @@ class ExampleConfigTests(ScratchTestCase):
                 heartbeat_interval=0.5, heartbeat_timeout=3.0, node_name="dom0-a",
             ),
             qmp=config.QMPConfig(command_timeout=5.0, connect_timeout=10.0),
+            failover=config.FailoverConfig(PolicyName.MANUAL),
             domains=(config.DomainConfig(
                 name="guest1", qmp_socket="/var/run/xen/qmp-libxl-1", nbd_host="192.0.2.11",
                 nbd_port=8889, disks=(disk,),
             ),),
             tls=config.TLSConfig(ca=str(tls.ca), certificate=str(tls.certificate), key=str(tls.key)),
         ))
+
+    def test_fence_policy(self) -> None:
+        """The fence command is kept as written, its placeholders for the policy to fill in."""
+        loaded = config.parse(__import__("tomllib").loads(edited(
+            '[failover]\npolicy = "manual"\n',
+            '[failover]\npolicy = "fence"\nfence_command = ["/bin/true", "--off", "{peer}", "{domain}"]\n'
+            "fence_timeout = 30\n")), "good.toml")
+        self.assertEqual(loaded.failover, config.FailoverConfig(
+            PolicyName.FENCE, ("/bin/true", "--off", "{peer}", "{domain}"), 30.0))
 
     def test_defaults(self) -> None:
         """Keys left out take the documented defaults."""

@@ -31,7 +31,7 @@ from array import array
 
 import attrs
 
-from colod.engine.core import ProtocolViolation
+from colod.engine.link_end import ProtocolViolation
 from colod.protocol import PageData, PageType, Record
 from colod.protocol.records import Buffer
 from colod.protocol.wire import PAGE_SIZE, PAGE_TYPES_WITHOUT_DATA

@@ -39,6 +39,8 @@ from zope.interface import implementer
 
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
+from colod.engine.generation import Generation
+from colod.engine.link_end import LinkEnd, PeerSilent, ProtocolViolation
 from colod.engine.status import PauseStats, StatusFile
 from colod.guest.interfaces import IGuestEngine
 from colod.protocol import (
@@ -51,13 +53,10 @@ from colod.protocol import (
     StreamError,
     type_name,
 )
+from colod.protocol.handshake import Hello
 from colod.protocol.peer import IPeerLinkObserver, PeerLink
 from colod.qmp import QMP, QMPDisconnected
 from colod.role import Role
-
-
-class ProtocolViolation(Exception):
-    """The peer sent a record the protocol does not allow at this step."""
 
 
 def describe(reason: Failure) -> str:
@@ -119,8 +118,9 @@ class EngineCore(ABC, Generic[Inputs, Name]):
     state: Name
 
     def __init__(self, domain: DomainConfig, node: str, guest: IGuestEngine, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMP | None) -> None:
+                 clock: IReactorTime, status: StatusFile, qmp: QMP | None, *, generation: Generation) -> None:
         self.domain = domain
+        self.generation = generation
         self.node = node
         self.guest = guest
         self.devices = devices
@@ -145,8 +145,14 @@ class EngineCore(ABC, Generic[Inputs, Name]):
         """Feed one record to the machine as its input; False (or NoTransition) if none fits."""
 
     @abstractmethod
-    def lost(self, reason: Failure) -> None:
-        """The peer is gone, or ended replication, or broke the protocol: feed the side's input for it."""
+    def admit(self, peer: Hello) -> str | None:
+        """Why a link with ``peer`` (whose hello passed its checks) must be refused for its generation,
+        or None; acts on what the peer's generation says of this node first."""
+
+    @abstractmethod
+    def lost(self, end: LinkEnd) -> None:
+        """The peer is gone, or ended replication, or broke the protocol: feed the side's input for it
+        (colod.engine.link_end.ACTIONS says which)."""
 
     # -- the machine's surroundings ------------------------------------------
 
@@ -235,7 +241,7 @@ class EngineCore(ABC, Generic[Inputs, Name]):
         link, self.link = self.link, None
         if link is not None:
             link.end(ReplicationEndReason.PROTOCOL_ERROR, str(error))
-        self.lost(Failure(error))
+        self.lost(LinkEnd.of(Failure(error)))
 
     def cleanup_failed(self, what: str, reason: Failure) -> None:
         """A cleanup step failed: keep it in the error and the log, for whoever cleans up by hand."""
@@ -251,14 +257,22 @@ class EngineCore(ABC, Generic[Inputs, Name]):
             "domain": self.domain.name, "node": self.node, "role": self.role, "state": self.state.value,
             "protected": self.protected, "checkpoints": self.checkpoints,
             "last_pause_ms": _ms(last), "pause_p50_ms": _ms(p50), "pause_p99_ms": _ms(p99),
-            "failed_over": False, "error": self.error, "guest": self.guest.description, **extra,
+            "failed_over": False, "error": self.error, "guest": self.guest.description,
+            "generation": self.generation.value, **extra,
         })
 
     # -- IPeerLinkObserver -----------------------------------------------------
 
-    def linkReady(self, link: PeerLink, peer: Any) -> None:
+    def linkReady(self, link: PeerLink, peer: Hello) -> None:
         if self.link is not None:
             link.refuse(f"a second link, from {peer.node}, while one is open")
+            return
+        refusal = self.admit(peer)
+        if refusal is not None:
+            self.log.error("domain {domain}: refused the link with {role} {peer} at {address}: {why}",
+                           domain=self.domain.name, role=peer.role.value, peer=peer.node,
+                           address=link.peer_address, why=refusal)
+            link.refuse(refusal)
             return
         try:
             self.link = link
@@ -280,12 +294,12 @@ class EngineCore(ABC, Generic[Inputs, Name]):
         if link is self.link:
             self.link = None
             link.close()
-            self.lost(Failure(ConnectionError(f"nothing heard from the peer for {seconds:.1f} s")))
+            self.lost(LinkEnd.of(Failure(PeerSilent(f"nothing heard from the peer for {seconds:.1f} s"))))
 
     def linkLost(self, link: PeerLink, reason: Failure) -> None:
         if link is self.link:
             self.link = None
-            self.lost(reason)
+            self.lost(LinkEnd.of(reason))
         elif not reason.check(HandshakeError, PeerEndedReplication, LocalEndedReplication):
             # A link this engine had already let go (its own log said why); a handshake that
             # failed was logged by the link, with the remote address.

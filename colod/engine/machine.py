@@ -70,9 +70,10 @@ class MachineBuilder(Generic[Inputs, Core, Name]):
         self._initial: Name | None = None
         self.transitions: list[Transition] = []
 
-    def state(self, name: Name, enter: Callable[[Inputs, Core], Data] | None = None,
+    def state(self, name: Name, enter: Callable[..., Data] | None = None,
               leave: Callable[[Data], None] | None = None) -> State[Name]:
-        """A state named ``name``; with ``enter``, one with data: ``enter`` makes it, ``leave`` ends it."""
+        """A state named ``name``; with ``enter``, one with data: ``enter`` makes it (from the machine,
+        the core, and the arguments of the input that enters the state), ``leave`` ends it."""
         if enter is None:
             if self._initial is None:
                 self._initial = name

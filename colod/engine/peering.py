@@ -8,16 +8,21 @@ every RETRY_INTERVAL seconds (colod.retry), until its engine has answered one
 link's hello (the secondary's colod may start later, or refuse a first
 handshake).  The engine's answer ends the dialling, whichever it is: it took
 the link, and the link is the engine's from then on (stopping never cuts it);
-or it refused it, because it no longer waits for a secondary.  Either way no
-second link is dialled: protecting the domain again is not automatic in this
-version.
+or it refused it.  Once that link is gone, the primary dials again, later
+each time (up to REDIAL_MAX): not to protect the domain again (that is not
+automatic in this version; the engine refuses the link), but so that each
+side reads the other's generation once the network heals, and a primary that
+was taken over from meanwhile learns it and stops its guest
+(colod.engine.generation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +38,9 @@ from colod.tls import PeerTLS, load
 
 #: Seconds between the primary's attempts to reach its secondary.
 RETRY_INTERVAL = 2.0
+#: The longest wait before the primary dials again after a link it had was lost: it dials on, so that a
+#: peer that took the domain over meanwhile (a newer generation) is found once the network heals.
+REDIAL_MAX = 300.0
 
 
 class PeerEndpoint:
@@ -41,14 +49,15 @@ class PeerEndpoint:
     log = Logger()
 
     def __init__(self, config: Config, domain: DomainConfig, engine: IPeerLinkObserver,
-                 reactor: IReactorTime, retry_interval: float = RETRY_INTERVAL) -> None:
+                 reactor: IReactorTime, retry_interval: float = RETRY_INTERVAL,
+                 generation: Callable[[], int] = lambda: 0) -> None:
         """@raise colod.tls.TLSFileError: a file of ``[tls]`` no longer serves."""
         self._config = config
         self._reactor = reactor
         self._dialler: _Dialler | None = None
         observer = engine
         if config.role is Role.PRIMARY:
-            observer = self._dialler = _Dialler(engine)
+            observer = self._dialler = _Dialler(engine, on_lost=self._redial_later)
         self._factory = PeerLinkFactory(
             local=Hello(config.role, domain.name, config.node_name),
             peer_node=config.peer.node_name,
@@ -57,10 +66,16 @@ class PeerEndpoint:
             timing=LinkTiming(heartbeat_interval=config.peer.heartbeat_interval,
                               silence_timeout=config.peer.heartbeat_timeout),
             tls=_tls(config),
+            generation=generation,
         )
         self._dialling = Retry(self._dial, succeeded=lambda _: None, failed=self._undialled,
                                delay=retry_interval, clock=reactor)
         self._port: IListeningPort | None = None
+        #: After each link lost, the wait before dialling again; it doubles up to REDIAL_MAX, so that a
+        #: peer that refuses every link (neither side can take it up) is asked rarely.
+        self._redial_delay = retry_interval
+        self._redial: IDelayedCall | None = None
+        self._stopped = False
 
     def start(self) -> Deferred[None]:
         """Listen (secondary) or begin dialling (primary); fails if the address cannot be listened on."""
@@ -92,8 +107,18 @@ class PeerEndpoint:
                           delay=self._dialling.delay)
         return True
 
+    def _redial_later(self) -> None:
+        """A link the engine answered is gone: dial again, later each time."""
+        if self._stopped or (self._redial is not None and self._redial.active()):
+            return
+        self._redial = self._reactor.callLater(self._redial_delay, self._dialling.start)
+        self._redial_delay = min(self._redial_delay * 2, REDIAL_MAX)
+
     def stop(self) -> Deferred[None]:
         """Stop listening or dialling (a link the engine has answered is the engine's to end)."""
+        self._stopped = True
+        if self._redial is not None and self._redial.active():
+            self._redial.cancel()
         self._dialling.stop()
         if self._port is not None:
             return Deferred.fromCoroutine(_stop_listening(self._port))
@@ -107,10 +132,13 @@ class _Dialler:
     One dial is under way at a time (colod.retry), so one answer is awaited at a time.
     """
 
-    def __init__(self, engine: IPeerLinkObserver) -> None:
+    def __init__(self, engine: IPeerLinkObserver, on_lost: Callable[[], None]) -> None:
         self._engine = engine
+        self._on_lost = on_lost
         self._link: PeerLink | None = None
         self._answer: Deferred[None] | None = None
+        #: The last link whose hello the engine answered: its loss is reported to ``on_lost``.
+        self._answered: PeerLink | None = None
 
     async def dial(self, connecting: Deferred[Protocol]) -> None:
         """Fire once the engine answered the hello of the link ``connecting`` makes; fail if it ends before.
@@ -133,6 +161,7 @@ class _Dialler:
         answer, self._answer = self._answer, None
         if answer is not None:
             answer.callback(None)
+        self._answered = link
         self._engine.linkReady(link, peer)
 
     def recordReceived(self, link: PeerLink, record: Record) -> None:
@@ -147,6 +176,9 @@ class _Dialler:
             self._answer = None
             answer.errback(reason)
         self._engine.linkLost(link, reason)
+        if link is self._answered:
+            self._answered = None
+            self._on_lost()
 
 
 def _tls(config: Config) -> PeerTLS | None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Protocol
 
+from automat import NoTransition
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -31,6 +32,8 @@ from twisted.python.failure import Failure
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
 from colod.engine.core import EngineCore, EngineInputs, describe
+from colod.engine.generation import Generation
+from colod.engine.link_end import LinkEnd
 from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import Pause, StatusFile
 from colod.guest.interfaces import IPrimaryGuest
@@ -44,6 +47,7 @@ from colod.protocol import (
     Record,
     ReplicationEndReason,
 )
+from colod.protocol.handshake import Hello
 from colod.qmp import QMP
 from colod.role import Role
 
@@ -64,6 +68,7 @@ class PrimaryState(StrEnum):
     DROPPING_SECONDARY = "dropping_secondary"
     UNPROTECTED = "unprotected"
     GUEST_LOST = "guest_lost"
+    SUPERSEDED = "superseded"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -107,6 +112,12 @@ class PrimaryInputs(EngineInputs, Protocol):
     def dropped(self) -> None:
         """Replication is detached and the guest runs."""
 
+    def superseded(self, why: str) -> None:
+        """A peer of a newer generation linked: another node runs the guest now."""
+
+    def halted(self) -> None:
+        """The guest is stopped for good."""
+
     def stop_done(self) -> None:
         """The stop's cleanup finished."""
 
@@ -134,9 +145,9 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
     guest: IPrimaryGuest
 
     def __init__(self, domain: DomainConfig, node: str, guest: IPrimaryGuest, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMP, *, interval: float,
-                 checkpoint_timeout: float) -> None:
-        super().__init__(domain, node, guest, devices, clock, status, qmp)
+                 clock: IReactorTime, status: StatusFile, qmp: QMP, *, generation: Generation,
+                 interval: float, checkpoint_timeout: float) -> None:
+        super().__init__(domain, node, guest, devices, clock, status, qmp, generation=generation)
         self.interval = interval
         #: The longest a checkpoint may take, NEW to SVM_RESUMED: a secondary that
         #: heartbeats but never answers must not keep the guest suspended.
@@ -174,8 +185,21 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
             return False
         return True
 
-    def lost(self, reason: Failure) -> None:
-        self.machine.secondary_lost(reason)
+    def admit(self, peer: Hello) -> str | None:
+        """A peer of a newer generation took the domain over from this node: stop for good."""
+        if peer.generation <= self.generation.value:
+            return None  # the same, or an older secondary, which adopts this node's
+        why = (f"{peer.node} is at generation {peer.generation}, this node at {self.generation.value}: the "
+               "domain was taken over from this node")
+        try:
+            self.machine.superseded(why)
+        except NoTransition:
+            self.log.critical("domain {domain}: {why}, while {doing}", domain=self.domain.name, why=why,
+                              doing=self.doing)
+        return why
+
+    def lost(self, end: LinkEnd) -> None:
+        self.machine.secondary_lost(end.reason)  # whatever the kind (link_end.ACTIONS): drop it
 
     # -- steps -----------------------------------------------------------------
 
@@ -316,6 +340,7 @@ SendingCheckpoint = _machine.state(_S.SENDING_CHECKPOINT)
 DroppingSecondary = _machine.state(_S.DROPPING_SECONDARY)
 Unprotected = _machine.state(_S.UNPROTECTED)
 GuestLost = _machine.state(_S.GUEST_LOST)
+Superseded = _machine.state(_S.SUPERSEDED)
 Stopping = _machine.state(_S.STOPPING)
 Stopped = _machine.state(_S.STOPPED)
 
@@ -325,7 +350,7 @@ _REPLICATING = (SendingFirstCopy, AwaitingSvmReady, Resuming, AwaitingSvmResumed
 #: Where a requested checkpoint waits for its turn.
 _ROUND_UNDER_WAY = (WaitingForSecondary, *(state for state in _REPLICATING if state is not Protected))
 #: Where a requested checkpoint can no longer happen.
-_PAST_PROTECTION = (DroppingSecondary, Unprotected, GuestLost, Stopping, Stopped)
+_PAST_PROTECTION = (DroppingSecondary, Unprotected, GuestLost, Superseded, Stopping, Stopped)
 
 # Behaviour-less transitions.
 _machine.upon(SendingFirstCopy, _I.first_copy_sent, AwaitingSvmReady)(nothing)
@@ -448,6 +473,30 @@ def _begin_stop(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
     engine._unprotect()
     engine.new_epoch()
     engine.run_step(engine._stop_cleanup, machine.stop_done)
+
+
+@_machine.upon((WaitingForSecondary, DroppingSecondary, Unprotected), _I.superseded, Superseded)
+def _halt_for_good(machine: PrimaryInputs, engine: PrimaryEngine, why: str) -> None:
+    """Whatever this node was doing with its guest, another runs it: stop it, and never resume it."""
+    engine.error = f"SUPERSEDED: {why}; the guest here is stopped for good"
+    engine.log.critical("domain {domain}: {error}. Make sure which copy holds the newest data before "
+                        "anything else", domain=engine.domain.name, error=engine.error)
+    engine._unprotect()
+    engine.new_epoch()
+    engine.publish()
+    engine.run_step(engine.guest.halt, machine.halted)
+
+
+_machine.upon(Superseded, _I.halted)(nothing)
+_machine.upon(Superseded, _I.secondary_lost)(nothing)
+_machine.upon(Superseded, _I.qemu_lost)(nothing)
+_machine.upon(Superseded, _I.stop)(nothing)
+
+
+@_machine.upon(Superseded, _I.step_failed)
+def _halt_failed(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
+    engine.cleanup_failed("stopping the superseded guest", reason)
+    engine.publish()
 
 
 @_machine.upon(GuestLost, _I.stop, Stopped)

@@ -10,13 +10,16 @@ and write SVM_RESUMED.
 
 CHECKPOINT_END is the commit point.  Before it, a checkpoint cut short is
 dropped whole; after it, the checkpoint is applied whole even if the primary
-vanishes meanwhile.  When the primary is gone (link closed or broken, or
-silent for the heartbeat timeout) after a checkpoint was committed, this
-side takes over: disk failover with commit, the guest loaded from the last
-checkpoint and run; it is then the primary, unprotected.  When the primary
-ends replication on purpose (it is stopping, or found an error), or breaks
-the protocol, this side stops replicating and does not take over: the
-primary's guest may well be running.
+vanishes meanwhile.  How the link ended decides the rest
+(colod.engine.link_end.ACTIONS): when the primary ended replication on
+purpose, or broke the protocol, it is alive and this side stops replicating
+without taking over.  When the link broke or the primary fell silent after a
+checkpoint was committed, the primary may be dead or only cut off: the
+failover policy (colod.failover.policy) is asked, and only its "yes" (or an
+operator's request, when it says no) makes this side take over: disk
+failover with commit, the guest loaded from the last checkpoint and run; it
+is then the primary, unprotected.  While it waits for an operator it keeps
+its copy and says so in its status.
 """
 
 from __future__ import annotations
@@ -24,34 +27,41 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
+from automat import NoTransition
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
 from colod.engine.checkpoint_buffer import CheckpointBuffer
-from colod.engine.core import EngineCore, EngineInputs, ProtocolViolation, describe
+from colod.engine.core import EngineCore, EngineInputs, describe
+from colod.engine.generation import Generation, GenerationError
+from colod.engine.link_end import Action, LinkEnd, ProtocolViolation, secondary_action
 from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import StatusFile
+from colod.failover.policy import OperatorRequest, TakeoverPolicy, Verdict
 from colod.guest.interfaces import ISecondaryGuest
 from colod.protocol import (
     CheckpointEnd,
     CheckpointId,
     CheckpointState,
     End,
-    HandshakeError,
     LibxcEnd,
-    PeerEndedReplication,
     Record,
     ReplicationEndReason,
-    StreamError,
 )
+from colod.protocol.handshake import Hello
 from colod.protocol.peer import PeerLink
 from colod.qmp import QMP
 from colod.role import Role
 
-#: Reasons the link ended that mean the primary may still run its guest.
-_NO_TAKEOVER = (PeerEndedReplication, ProtocolViolation, StreamError, HandshakeError)
+#: Seconds between two looks for an operator's request (colod.failover.policy.OperatorRequest).
+REQUEST_POLL_INTERVAL = 0.5
+
+
+class FailoverNotAwaited(Exception):
+    """An operator asked for a takeover that this engine is not waiting to decide."""
 
 
 class SecondaryState(StrEnum):
@@ -64,6 +74,8 @@ class SecondaryState(StrEnum):
     RUNNING = "running"
     SUSPENDING = "suspending"
     RECEIVING_CHECKPOINT = "receiving_checkpoint"
+    DECIDING_TAKEOVER = "deciding_takeover"
+    AWAITING_OPERATOR = "awaiting_operator"
     FAILING_OVER = "failing_over"
     PRIMARY_UNPROTECTED = "primary_unprotected"
     FAILOVER_FAILED = "failover_failed"
@@ -95,6 +107,15 @@ class SecondaryInputs(EngineInputs, Protocol):
     def primary_lost(self, reason: Failure) -> None:
         """The link closed or broke, or the primary went silent."""
 
+    def takeover_allowed(self, why: str) -> None:
+        """The failover policy said yes."""
+
+    def takeover_refused(self, why: str) -> None:
+        """The failover policy said no: the operator decides."""
+
+    def operator_failover(self, by: str) -> None:
+        """An operator asked for the takeover."""
+
     def replication_ended(self, reason: Failure) -> None:
         """The primary ended replication, or broke the protocol."""
 
@@ -112,8 +133,16 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
     guest: ISecondaryGuest
 
     def __init__(self, domain: DomainConfig, node: str, guest: ISecondaryGuest, devices: DeviceGroup,
-                 clock: IReactorTime, status: StatusFile, qmp: QMP | None) -> None:
-        super().__init__(domain, node, guest, devices, clock, status, qmp)
+                 clock: IReactorTime, status: StatusFile, qmp: QMP | None, *, generation: Generation,
+                 policy: TakeoverPolicy, requests: OperatorRequest) -> None:
+        super().__init__(domain, node, guest, devices, clock, status, qmp, generation=generation)
+        self.policy = policy
+        self.requests = requests
+        stale = requests.take()
+        if stale is not None:
+            self.log.warn("domain {domain}: removed a failover request left from before this start "
+                          "({by}): a request counts only while a takeover waits for it",
+                          domain=domain.name, by=stale)
         # An engine that does not know its guest's size (a Xen guest's pfns are not its size) has none.
         self._buffer = CheckpointBuffer(guest.memory_pages)
         self._first = True
@@ -149,11 +178,35 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
             self.machine.stream_record(record)
         return True
 
-    def lost(self, reason: Failure) -> None:
-        if reason.check(*_NO_TAKEOVER):
-            self.machine.replication_ended(reason)
+    def admit(self, peer: Hello) -> str | None:
+        """A primary older than this node was taken over from: never link it.  A newer one is adopted
+        (on disk) before its first record, so that a takeover here starts the generation after it."""
+        if peer.generation < self.generation.value:
+            return (f"{peer.node} is at generation {peer.generation}, older than this node's "
+                    f"{self.generation.value}: the domain was taken over from it, it must not run the guest")
+        if peer.generation > self.generation.value:
+            try:
+                self.generation.advance(peer.generation)
+            except GenerationError as e:
+                return f"cannot adopt the primary's generation {peer.generation}: {e}"
+        return None
+
+    def lost(self, end: LinkEnd) -> None:
+        if secondary_action(end) is Action.END_REPLICATION:
+            self.machine.replication_ended(end.reason)
         else:
-            self.machine.primary_lost(reason)
+            self.machine.primary_lost(end.reason)
+
+    def request_failover(self, by: str) -> None:
+        """An operator's "take over now" (``by``: who, for the log).
+
+        @raise FailoverNotAwaited: this engine is not waiting for one.
+        """
+        try:
+            self.machine.operator_failover(by)
+        except NoTransition:
+            raise FailoverNotAwaited(f"domain {self.domain.name} is not waiting for a failover decision "
+                                     f"(it is {self.doing})") from None
 
     # -- steps -----------------------------------------------------------------
 
@@ -176,7 +229,26 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
         self._send(CheckpointState(CheckpointId.SVM_SUSPENDED))
         self._send(await self.guest.dirty_pfn_list())
 
+    def _decide(self) -> None:
+        """Ask the policy; its verdict counts only if nothing else happened meanwhile (same epoch)."""
+        epoch = self._epoch
+
+        def verdict(verdict: Verdict) -> None:
+            if epoch == self._epoch:
+                if verdict.allowed:
+                    self.machine.takeover_allowed(verdict.why)
+                else:
+                    self.machine.takeover_refused(verdict.why)
+
+        self.policy.decide().addCallback(verdict).addErrback(
+            lambda failure: self.log.failure("domain {domain}: the failover policy failed", failure,
+                                             domain=self.domain.name))
+
     async def _failover(self) -> None:
+        """A new generation on disk first: once the guest may run here, no older node may run it."""
+        self.generation.advance(self.generation.value + 1)
+        self.log.info("domain {domain}: generation {n} begins here", domain=self.domain.name,
+                      n=self.generation.value)
         await self.devices.failover()
         await self.guest.take_over()
 
@@ -210,6 +282,25 @@ _I, _S = SecondaryInputs, SecondaryState
 _machine: MachineBuilder[SecondaryInputs, SecondaryEngine, SecondaryState] = MachineBuilder(
     _I, SecondaryEngine)
 
+
+def _watch_requests(machine: SecondaryInputs, engine: SecondaryEngine, why: str) -> LoopingCall:
+    """While an operator decides (the policy said no, ``why``): look for a request now and then
+    (colod failover writes one)."""
+    def look() -> None:
+        by = engine.requests.take()
+        if by is not None:
+            machine.operator_failover(by)
+
+    watch = LoopingCall(look)
+    watch.clock = engine.clock
+    watch.start(REQUEST_POLL_INTERVAL, now=False)
+    return watch
+
+
+def _stop_watching(watch: LoopingCall) -> None:
+    watch.stop()
+
+
 WaitingForPrimary = _machine.state(_S.WAITING_FOR_PRIMARY)
 ReceivingFirstCheckpoint = _machine.state(_S.RECEIVING_FIRST_CHECKPOINT)
 Applying = _machine.state(_S.APPLYING)
@@ -217,6 +308,8 @@ Resuming = _machine.state(_S.RESUMING)
 Running = _machine.state(_S.RUNNING)
 Suspending = _machine.state(_S.SUSPENDING)
 ReceivingCheckpoint = _machine.state(_S.RECEIVING_CHECKPOINT)
+DecidingTakeover = _machine.state(_S.DECIDING_TAKEOVER)
+AwaitingOperator = _machine.state(_S.AWAITING_OPERATOR, _watch_requests, _stop_watching)
 FailingOver = _machine.state(_S.FAILING_OVER)
 PrimaryUnprotected = _machine.state(_S.PRIMARY_UNPROTECTED)
 FailoverFailed = _machine.state(_S.FAILOVER_FAILED)
@@ -227,15 +320,21 @@ Ended = _machine.state(_S.ENDED)
 _STANDING_BY = (Applying, Resuming, Running, Suspending, ReceivingCheckpoint)
 #: No checkpoint committed yet: nothing to take over.
 _UNCOMMITTED = (WaitingForPrimary, ReceivingFirstCheckpoint)
+#: The primary is lost and this node has not taken over: a decision is awaited.
+_UNDECIDED = (DecidingTakeover, AwaitingOperator)
 #: Replication is over here, or about to be: nothing more to do on any news.
 _OVER = (FailingOver, PrimaryUnprotected, FailoverFailed, Ending, Ended)
 
 # Behaviour-less transitions.
 _machine.upon(WaitingForPrimary, _I.link_ready, ReceivingFirstCheckpoint)(nothing)
 _machine.upon(Suspending, _I.suspended, ReceivingCheckpoint)(nothing)
-for _input in (_I.primary_lost, _I.replication_ended, _I.qemu_lost, _I.stop):
+for _input in (_I.primary_lost, _I.replication_ended, _I.qemu_lost, _I.stop, _I.takeover_allowed,
+               _I.takeover_refused):
     _machine.upon(_OVER, _input)(nothing)
+for _input in (_I.primary_lost, _I.replication_ended):
+    _machine.upon(_UNDECIDED, _input)(nothing)  # the link was let go already: a late report of its end
 del _input
+
 
 
 @_machine.upon((ReceivingFirstCheckpoint, ReceivingCheckpoint), _I.stream_record)
@@ -278,13 +377,46 @@ def _suspend(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
     engine.run_step(engine._suspend_guest, machine.suspended)
 
 
-@_machine.upon(_STANDING_BY, _I.primary_lost, FailingOver)
-def _take_over(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
+@_machine.upon(_STANDING_BY, _I.primary_lost, DecidingTakeover)
+def _ask_policy(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
     engine.error = f"primary lost: {describe(reason)}"
-    engine.log.error("domain {domain}: {error}; taking over from checkpoint {n}",
-                     domain=engine.domain.name, error=engine.error, n=engine.checkpoints)
+    engine.log.error("domain {domain}: {error}; asking the failover policy ({policy}) before taking over "
+                     "from checkpoint {n}", domain=engine.domain.name, error=engine.error,
+                     policy=engine.policy.name.value, n=engine.checkpoints)
     engine._leave(None)
+    engine._decide()
+
+
+@_machine.upon(DecidingTakeover, _I.takeover_allowed, FailingOver)
+def _take_over(machine: SecondaryInputs, engine: SecondaryEngine, why: str) -> None:
+    _fail_over(machine, engine, why)
+
+
+@_machine.upon(AwaitingOperator, _I.operator_failover, FailingOver)
+def _take_over_on_request(machine: SecondaryInputs, engine: SecondaryEngine, by: str) -> None:
+    _fail_over(machine, engine, f"the operator asked for it ({by})")
+
+
+def _fail_over(machine: SecondaryInputs, engine: SecondaryEngine, why: str) -> None:
+    engine.log.warn("domain {domain}: taking over from checkpoint {n}: {why}", domain=engine.domain.name,
+                    n=engine.checkpoints, why=why)
     engine.run_step(engine._failover, machine.taken_over)
+
+
+@_machine.upon(DecidingTakeover, _I.takeover_refused, AwaitingOperator)
+def _await_operator(machine: SecondaryInputs, engine: SecondaryEngine, why: str) -> None:
+    engine.error = f"{engine.error}; not taking over: {why}"
+    engine.log.error("domain {domain}: {error}. The copy of checkpoint {n} is kept: once the primary is "
+                     "known to be down, `colod failover {domain}` takes over", domain=engine.domain.name,
+                     error=engine.error, n=engine.checkpoints)
+    engine.publish()
+
+
+@_machine.upon(_UNDECIDED, _I.stop, Ending)
+def _stop_undecided(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
+    engine.log.info("domain {domain}: colod is stopping while a takeover was undecided: replication ends, "
+                    "nothing taken over", domain=engine.domain.name)
+    engine.run_step(engine.devices.teardown, machine.torn_down)
 
 
 @_machine.upon(FailingOver, _I.taken_over, PrimaryUnprotected)
@@ -322,7 +454,7 @@ def _end_without_takeover(machine: SecondaryInputs, engine: SecondaryEngine, err
     engine.run_step(engine.devices.teardown, machine.torn_down)
 
 
-@_machine.upon((*_UNCOMMITTED, *_STANDING_BY), _I.qemu_lost, Ended)
+@_machine.upon((*_UNCOMMITTED, *_STANDING_BY, *_UNDECIDED), _I.qemu_lost, Ended)
 def _qemu_gone(machine: SecondaryInputs, engine: SecondaryEngine, reason: str) -> None:
     engine.error = f"this node's QEMU is gone: {reason}"
     engine.log.error("domain {domain}: {error}; replication ends", domain=engine.domain.name,

@@ -51,6 +51,10 @@ class IPrimaryGuest(IGuestEngine):
     def emulator_records() -> Deferred[Sequence[Record]]:
         """Guest suspended: the device model's records (EMULATOR_CONTEXT) of this checkpoint."""
 
+    def halt() -> Deferred[None]:
+        """Stop the guest for good, outside any checkpoint: another node took it over
+        (colod.engine.generation), and this copy must never run again."""
+
 
 class ISecondaryGuest(IGuestEngine):
     """The secondary's copy of the guest: it keeps each complete checkpoint and runs the last one."""

@@ -91,6 +91,9 @@ class QemuGuest:
 
     # -- primary ------------------------------------------------------------
 
+    def halt(self) -> Deferred[None]:
+        return self.suspend()  # stopped, and nothing here resumes it
+
     def copy_live(self, send: Callable[[Record], None]) -> Deferred[None]:
         return succeed(None)  # the memory image is copied whole in the first pause
 

@@ -492,6 +492,8 @@ class PeerLinkFactory(Factory):
     clock: IReactorTime
     timing: LinkTiming = LinkTiming()
     tls: LinkTLS | None = None
+    #: This node's generation of the domain now, for each link's hello (colod.engine.generation).
+    generation: Callable[[], int] = attrs.field(default=lambda: 0)
     guard: HandshakeGuard = attrs.field(init=False)
     _wrap: Callable[[PeerLink], Protocol] = attrs.field(init=False)
 
@@ -503,7 +505,8 @@ class PeerLinkFactory(Factory):
     def buildProtocol(self, addr: IAddress) -> Protocol | None:
         if not self.guard.admit(self.local.domain, address_text(addr)):
             return None
-        return self._wrap(PeerLink(self.local, self.peer_node, self.observer, self.clock, self.timing,
+        local = attrs.evolve(self.local, generation=self.generation())
+        return self._wrap(PeerLink(local, self.peer_node, self.observer, self.clock, self.timing,
                                    self.guard, self.tls))
 
     def stopFactory(self) -> None:

@@ -300,6 +300,8 @@ class Lab:
     seed: int = 1
     #: Mutual TLS on the link (the default); False for an explicit plaintext link (``peer.tls = false``).
     tls: bool = True
+    #: The ``[failover]`` table's lines: the lab's failover tests kill a primary and expect a takeover.
+    failover: str = 'policy = "heartbeat-only"'
     #: Where the secondary listens for the primary's link.
     secondary_port: int = attrs.field(factory=free_port)
     nbd_port: int = attrs.field(factory=free_port)
@@ -380,6 +382,9 @@ heartbeat_timeout = {self.heartbeat_timeout}
 tls = {str(self.tls).lower()}
 
 {tls}
+
+[failover]
+{self.failover}
 
 [[domain]]
 name = "{self.domain}"

@@ -127,6 +127,11 @@ class XenDomain:
             self._xc.domain_resume(self.domid, 1)
             self._xs.resume_domain(self.domid)
 
+    async def pause(self) -> None:
+        """The guest's vCPUs paused by Xen and its device model stopped, for good (no checkpoint)."""
+        self._xc.domain_pause(self.domid)
+        await self._qmp.execute("stop")
+
     async def set_log_dirty(self, enable: bool) -> None:
         """The device model tracks the pages it writes too (libxl's switch_qemu_logdirty)."""
         await self._qmp.execute("xen-set-global-dirty-log", {"enable": enable})

@@ -213,6 +213,9 @@ class XenPrimaryGuest:
     def emulator_records(self) -> Deferred[Sequence[Record]]:
         return succeed([EmulatorContext(blob=self._domain.device_state())])
 
+    def halt(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._domain.pause())
+
     def close(self) -> Deferred[None]:
         """No more checkpoints: the helper ends at its next question (the guest runs on)."""
         self._questions.answer_when_asked("checkpoint", STOP)

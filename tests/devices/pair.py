@@ -151,6 +151,7 @@ class ReplicationTestCase(QemuTestCase):
         lines = [
             "[colod]", f'role = "{role}"', 'node_name = "test"',
             "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"', "tls = false",
+            "[failover]", 'policy = "manual"',
             "[[domain]]", 'name = "guest"', f'qmp_socket = "{self.workdir}/unused.qmp"',
             'nbd_host = "127.0.0.1"', f"nbd_port = {self.port}",
         ]

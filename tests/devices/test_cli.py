@@ -96,6 +96,17 @@ class QemuArgsCommandTests(ReplicationTestCase):
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(err, f"colod: error: {missing}: cannot read: No such file or directory\n")
 
+    def test_failover_without_a_daemon_exits_1(self) -> None:
+        """colod failover asks nothing of a node whose status it cannot read (no colod there)."""
+        path = self.write_config("secondary", [0])
+        status, out, err = self.run_cli("failover", "--config", str(path), "guest")
+        self.assertEqual((status, out), (1, ""))
+        self.assertRegex(err, r"^colod: error: cannot read /\S+/guest/status.json \(.*\): is colod running "
+                              r"here\?\n$")
+        status, out, err = self.run_cli("failover", "--config", str(path), "other")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("no domain 'other' in", err)
+
     def test_reserved_node_name_exits_1(self) -> None:
         path = self.write_config("primary", [0, 1], quorum_nodes={1: "colod0-rep"})
         status, out, err = self.run_cli("qemu-args", "--role", "primary", "--config", str(path))

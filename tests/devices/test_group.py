@@ -39,6 +39,7 @@ def domain(disks: int = 2) -> DomainConfig:
     data = {
         "colod": {"role": "primary", "node_name": "a"},
         "peer": {"connect": "tcp:host=127.0.0.1:port=9000", "tls": False},
+        "failover": {"policy": "manual"},
         "domain": [{
             "name": "guest", "qmp_socket": "/run/guest.qmp", "nbd_host": "127.0.0.1", "nbd_port": 9999,
             "disk": [{"name": f"xvd{c}", "quorum_node": f"q{c}", "image": f"/i/{c}.img",

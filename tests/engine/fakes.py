@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from colod.failover.policy import PolicyName, Verdict
 from colod.protocol import CheckpointDirtyPfnList, Record, ReplicationEndReason
 
 #: What each call answers when finished: the shape its real counterpart returns.
@@ -79,6 +80,9 @@ class FakeGuest:
     def checkpoint_records(self, secondary_dirty: CheckpointDirtyPfnList) -> Deferred[list[Record]]:
         return self._world.call("checkpoint_records")
 
+    def halt(self) -> Deferred[None]:
+        return self._world.call("halt")
+
     def emulator_records(self) -> Deferred[list[Record]]:
         return self._world.call("emulator_records")
 
@@ -93,6 +97,30 @@ class FakeGuest:
 
 
 _HOOKS = frozenset({"setup", "teardown", "postsuspend", "preresume", "commit", "failover", "drop_secondary"})
+
+
+class FakePolicy:
+    """Stands in for a failover policy (colod.failover.policy): its decision is a call in the World,
+    answered with ``verdict``."""
+
+    name = PolicyName.FENCE
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self.verdict = Verdict(True, "the fake fence exited 0")
+
+    def decide(self) -> Deferred[Verdict]:
+        return self._world.call("policy.decide").addCallback(lambda _: self.verdict)
+
+
+class FakeRequests:
+    """Stands in for an OperatorRequest (colod.failover.policy): requests are put in ``waiting``."""
+
+    def __init__(self) -> None:
+        self.waiting: list[str] = []
+
+    def take(self) -> str | None:
+        return self.waiting.pop(0) if self.waiting else None
 
 
 class FakeDevices:

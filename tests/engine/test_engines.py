@@ -15,9 +15,11 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from colod.engine.core import EngineCore
+from colod.engine.generation import Generation
 from colod.engine.primary import CheckpointRefused, PrimaryEngine, PrimaryState
 from colod.engine.secondary import SecondaryEngine, SecondaryState
 from colod.engine.status import StatusFile
+from colod.failover.policy import HeartbeatOnly, OperatorRequest
 from colod.guest.device_model import DeviceModelEngine
 from colod.guest.memory_image import MemoryImage
 from colod.guest.qemu_guest import QemuGuest
@@ -73,9 +75,12 @@ class EnginePairTestCase(ReplicationTestCase):
                       side.qmp)
             engine: EngineCore
             if role == "primary":
-                engine = PrimaryEngine(*common, interval=interval, checkpoint_timeout=checkpoint_timeout)
+                engine = PrimaryEngine(*common, generation=Generation(self.workdir / role), interval=interval,
+                                       checkpoint_timeout=checkpoint_timeout)
             else:
-                engine = SecondaryEngine(*common)
+                engine = SecondaryEngine(*common, generation=Generation(self.workdir / role),
+                                         policy=HeartbeatOnly(),
+                                         requests=OperatorRequest(self.workdir, "guest"))
             nodes[role] = Node(side, image, engine)
         primary, secondary = nodes["primary"], nodes["secondary"]
         port = reactor.listenTCP(0, PeerLinkFactory(

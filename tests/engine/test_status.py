@@ -248,6 +248,9 @@ class LinkedStatusTests(ScratchTestCase):
         secondary.start_device_model(lab.qemu_args(secondary, "--device-model"))
         secondary.start_daemon()
         await wait(lab.until(secondary, lambda s: s["state"] == "waiting_for_primary", 20.0, "waiting"))
+        # The status is written as the engine starts; the port listens a moment later.
+        await wait(Poll(lambda: "listening for the primary on" in secondary.logs() or None, 20.0, "listening",
+                        secondary.context))
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", lab.secondary_port)
         tls = node_tls(lab, lab.primary)  # the link is TLS: this test is the primary, with its certificate
 

@@ -12,9 +12,13 @@ check, so a new transition cannot go untested.
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -23,9 +27,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from colod.engine import primary, secondary
 from colod.engine.core import EngineCore
+from colod.engine.generation import Generation
+from colod.engine.link_end import LinkEnd
 from colod.engine.machine import Transition
 from colod.engine.primary import CheckpointRefused, PrimaryEngine, PrimaryState
 from colod.engine.secondary import SecondaryEngine, SecondaryState
+from colod.failover.policy import Verdict
 from colod.protocol import (
     Checkpoint,
     CheckpointDirtyPfnList,
@@ -38,9 +45,22 @@ from colod.protocol import (
     ReplicationEndReason,
 )
 from colod.protocol.handshake import Hello, Role
-from tests.engine.fakes import FakeDevices, FakeDomain, FakeGuest, FakeLink, FakeQMP, FakeStatus, World
+from tests.engine.fakes import (
+    FakeDevices,
+    FakeDomain,
+    FakeGuest,
+    FakeLink,
+    FakePolicy,
+    FakeQMP,
+    FakeRequests,
+    FakeStatus,
+    World,
+)
 
 INTERVAL = 5.0
+#: Where each harness keeps its generation (a takeover writes one): one directory for the whole run.
+_SCRATCH = tempfile.TemporaryDirectory(prefix="colod-transitions-")
+_GENERATION_DIRS = (Path(_SCRATCH.name) / str(n) for n in itertools.count())
 TIMEOUT = 60.0
 
 
@@ -53,15 +73,20 @@ class Harness:
         self.link = FakeLink()
         self.status = FakeStatus()
         self.answers: list[object] = []
+        self.policy = FakePolicy(self.world)
+        self.requests = FakeRequests()
         common: tuple[Any, ...] = (FakeDomain(), role.value, FakeGuest(self.world), FakeDevices(self.world),
                                    self.clock, self.status, FakeQMP())
+        self.generation = Generation(next(_GENERATION_DIRS))
         self.engine: EngineCore[Any, Any]
         if role is Role.PRIMARY:
             self.peer = Hello(Role.SECONDARY, "guest", "secondary")
-            self.engine = PrimaryEngine(*common, interval=INTERVAL, checkpoint_timeout=TIMEOUT)
+            self.engine = PrimaryEngine(*common, generation=self.generation, interval=INTERVAL,
+                                        checkpoint_timeout=TIMEOUT)
         else:
             self.peer = Hello(Role.PRIMARY, "guest", "primary")
-            self.engine = SecondaryEngine(*common)
+            self.engine = SecondaryEngine(*common, generation=self.generation, policy=self.policy,
+                                          requests=self.requests)
 
     def receive(self, record: Record) -> None:
         self.engine.recordReceived(self.link, record)  # type: ignore[arg-type]
@@ -72,7 +97,7 @@ class Harness:
         if self.engine.link is self.link:
             self.engine.linkLost(self.link, reason)  # type: ignore[arg-type]
         else:
-            self.engine.lost(reason)
+            self.engine.lost(LinkEnd.of(reason))
 
     def step_ends(self) -> None:
         """The step under way ends: its calls are answered until the machine moves (not the next step's)."""
@@ -86,6 +111,29 @@ class Harness:
             self.world.fail()
         else:
             self.engine.machine.step_failed(Failure(RuntimeError("a step failed")))
+
+    def verdict(self, allowed: bool) -> None:
+        """The policy answers; with no decision under way, the machine hears one all the same."""
+        self.policy.verdict = Verdict(allowed, "the fake fence " + ("exited 0" if allowed else "exited 1"))
+        if self.world.pending and self.world.pending[0][0] == "policy.decide":
+            self.world.answer()
+        elif allowed:
+            self.engine.machine.takeover_allowed(self.policy.verdict.why)
+        else:
+            self.engine.machine.takeover_refused(self.policy.verdict.why)
+
+    def operator_asks(self) -> None:
+        """An operator's request is there; the engine finds it at its next look."""
+        self.requests.waiting.append("an operator")
+        if self.engine.state is SecondaryState.AWAITING_OPERATOR:
+            self.clock.advance(secondary.REQUEST_POLL_INTERVAL)
+        else:
+            self.engine.machine.operator_failover("an operator")
+
+    def newer_peer_links(self) -> None:
+        """A secondary of a newer generation than this primary's links (on a link of its own)."""
+        newer = attrs.evolve(self.peer, generation=self.generation.value + 1)
+        self.engine.linkReady(FakeLink(), newer)  # type: ignore[arg-type]
 
     def request(self) -> Deferred[int]:
         assert isinstance(self.engine, PrimaryEngine)
@@ -129,6 +177,11 @@ APPLY: dict[str, Callable[[Harness], None]] = {
     "step_failed": Harness.step_fails,
     "qemu_lost": lambda h: h.engine.qemu_lost("QEMU exited"),
     "stop": lambda h: h.engine.shutdown() and None,
+    "takeover_allowed": lambda h: h.verdict(True),
+    "takeover_refused": lambda h: h.verdict(False),
+    "operator_failover": Harness.operator_asks,
+    "superseded": Harness.newer_peer_links,
+    "halted": Harness.step_ends,
 }
 
 _P = PrimaryState
@@ -149,6 +202,7 @@ PRIMARY_PATHS: dict[PrimaryState, list[str]] = {
     _P.DROPPING_SECONDARY: [*_FIRST_ROUND, "secondary_lost"],
     _P.UNPROTECTED: [*_FIRST_ROUND, "secondary_lost", "dropped"],
     _P.GUEST_LOST: ["qemu_lost"],
+    _P.SUPERSEDED: ["superseded"],
     _P.STOPPING: [*_FIRST_ROUND, "stop"],
     _P.STOPPED: ["stop", "stop_done"],
 }
@@ -168,9 +222,11 @@ SECONDARY_PATHS: dict[SecondaryState, list[str]] = {
     _S.RUNNING: _STANDBY[:4],
     _S.SUSPENDING: _STANDBY[:5],
     _S.RECEIVING_CHECKPOINT: _STANDBY,
-    _S.FAILING_OVER: [*_STANDBY[:4], "primary_lost"],
-    _S.PRIMARY_UNPROTECTED: [*_STANDBY[:4], "primary_lost", "taken_over"],
-    _S.FAILOVER_FAILED: [*_STANDBY[:4], "primary_lost", "step_failed"],
+    _S.DECIDING_TAKEOVER: [*_STANDBY[:4], "primary_lost"],
+    _S.AWAITING_OPERATOR: [*_STANDBY[:4], "primary_lost", "takeover_refused"],
+    _S.FAILING_OVER: [*_STANDBY[:4], "primary_lost", "takeover_allowed"],
+    _S.PRIMARY_UNPROTECTED: [*_STANDBY[:4], "primary_lost", "takeover_allowed", "taken_over"],
+    _S.FAILOVER_FAILED: [*_STANDBY[:4], "primary_lost", "takeover_allowed", "step_failed"],
     _S.ENDING: [*_STANDBY[:4], "stop"],
     _S.ENDED: [*_STANDBY[:4], "stop", "torn_down"],
 }
@@ -241,12 +297,21 @@ def _all(*checks: Check) -> Check:
     return check
 
 
+def _halts_for_good(case: TransitionTests, h: Harness) -> None:
+    """Superseded: the guest stopped (once any step before is done), never resumed, the reason said."""
+    case.assertIn("SUPERSEDED: secondary is at generation 1, this node at 0: the domain was taken over "
+                  "from this node", h.engine.error or "")
+    _published(state="superseded", protected=False, generation=0)(case, h)
+    h.world.finish()
+    case.assertEqual(h.world.calls[-1], "halt")
+
+
 def _primary_checks() -> dict[tuple[str, str], Check]:
     replicating = [_P.SENDING_FIRST_COPY, _P.AWAITING_SVM_READY, _P.RESUMING, _P.AWAITING_SVM_RESUMED,
                    _P.PROTECTED, _P.SUSPENDING, _P.AWAITING_SVM_SUSPENDED, _P.AWAITING_DIRTY_PFNS,
                    _P.SENDING_CHECKPOINT]
     waiting_turn = [_P.WAITING_FOR_SECONDARY, *(s for s in replicating if s is not _P.PROTECTED)]
-    past = [_P.DROPPING_SECONDARY, _P.UNPROTECTED, _P.GUEST_LOST, _P.STOPPING, _P.STOPPED]
+    past = [_P.DROPPING_SECONDARY, _P.UNPROTECTED, _P.GUEST_LOST, _P.SUPERSEDED, _P.STOPPING, _P.STOPPED]
     checks: dict[tuple[str, str], Check] = {
         (_P.WAITING_FOR_SECONDARY, "link_ready"): _all(_called("copy_live"), _sent(LibxcContext())),
         (_P.SENDING_FIRST_COPY, "first_copy_sent"): _sent(Checkpoint(), CheckpointEnd()),
@@ -264,6 +329,11 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
         (_P.DROPPING_SECONDARY, "dropped"): _published(state="unprotected", protected=False),
         (_P.DROPPING_SECONDARY, "step_failed"): _all(
             _ended(None, "detaching the secondary's replication failed"), _published(state="unprotected")),
+        (_P.SUPERSEDED, "halted"): _nothing_more,
+        (_P.SUPERSEDED, "secondary_lost"): _nothing_more,
+        (_P.SUPERSEDED, "qemu_lost"): _nothing_more,
+        (_P.SUPERSEDED, "stop"): _nothing_more,
+        (_P.SUPERSEDED, "step_failed"): _ended(None, "stopping the superseded guest failed"),
         (_P.GUEST_LOST, "secondary_lost"): _nothing_more,
         (_P.GUEST_LOST, "qemu_lost"): _nothing_more,
         (_P.GUEST_LOST, "stop"): _published(state="stopped"),
@@ -284,6 +354,8 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
         checks[state, "secondary_lost"] = _nothing_more
         checks[state, "qemu_lost"] = _ended(None, "the guest's QEMU is gone")
         checks[state, "stop"] = _ended(None, "colod stopped")
+    for state in (_P.WAITING_FOR_SECONDARY, _P.DROPPING_SECONDARY, _P.UNPROTECTED):
+        checks[state, "superseded"] = _halts_for_good
     for state in waiting_turn:
         checks[state, "checkpoint_requested"] = _request_waits
     for state in past:
@@ -291,17 +363,31 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
     return checks
 
 
-def _takes_over(case: TransitionTests, h: Harness) -> None:
-    case.assertEqual((h.link.ended, h.engine.protected), (None, False))
+def _asks_policy(case: TransitionTests, h: Harness) -> None:
+    """The link let go, nothing run yet: the policy's decision is all that is under way."""
+    case.assertEqual((h.link.ended, h.engine.protected, h.world.calls[-1]), (None, False, "policy.decide"))
     case.assertIn("primary lost: the peer closed the link", h.engine.error or "")
+    _published(state="deciding_takeover", protected=False)(case, h)
+
+
+def _takes_over(case: TransitionTests, h: Harness) -> None:
     h.world.finish()
     case.assertEqual(h.world.calls[-2:], ["devices.failover", "take_over"])
+
+
+def _awaits_operator(case: TransitionTests, h: Harness) -> None:
+    """No takeover, the copy kept (no teardown), the reason in the status."""
+    case.assertNotIn("devices.teardown", h.world.calls)
+    case.assertNotIn("take_over", h.world.calls)
+    case.assertIn("not taking over: the fake fence exited 1", h.engine.error or "")
+    _published(state="awaiting_operator", protected=False)(case, h)
 
 
 def _secondary_checks() -> dict[tuple[str, str], Check]:
     standing_by = [_S.APPLYING, _S.RESUMING, _S.RUNNING, _S.SUSPENDING, _S.RECEIVING_CHECKPOINT]
     uncommitted = [_S.WAITING_FOR_PRIMARY, _S.RECEIVING_FIRST_CHECKPOINT]
     over = [_S.FAILING_OVER, _S.PRIMARY_UNPROTECTED, _S.FAILOVER_FAILED, _S.ENDING, _S.ENDED]
+    undecided = [_S.DECIDING_TAKEOVER, _S.AWAITING_OPERATOR]
     forgotten = _all(_nothing_more, _published(state="waiting_for_primary", protected=False))
     checks: dict[tuple[str, str], Check] = {
         (_S.WAITING_FOR_PRIMARY, "link_ready"): _nothing_more,
@@ -317,6 +403,9 @@ def _secondary_checks() -> dict[tuple[str, str], Check]:
         (_S.RUNNING, "new_checkpoint"): _called("suspend"),
         (_S.SUSPENDING, "suspended"): _sent(CheckpointState(CheckpointId.SVM_SUSPENDED),
                                             CheckpointDirtyPfnList()),
+        (_S.DECIDING_TAKEOVER, "takeover_allowed"): _takes_over,
+        (_S.DECIDING_TAKEOVER, "takeover_refused"): _awaits_operator,
+        (_S.AWAITING_OPERATOR, "operator_failover"): _takes_over,
         (_S.FAILING_OVER, "taken_over"): _published(role="primary", state="primary_unprotected",
                                                     failed_over=True),
         (_S.FAILING_OVER, "step_failed"): _ended(None, "taking over failed"),
@@ -325,7 +414,7 @@ def _secondary_checks() -> dict[tuple[str, str], Check]:
                                                 "failed"), _published(state="ended")),
     }
     for state in standing_by:
-        checks[state, "primary_lost"] = _takes_over
+        checks[state, "primary_lost"] = _asks_policy
         checks[state, "replication_ended"] = _ended(None, "replication ended: the peer ended replication")
         checks[state, "step_failed"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "replication failed here")
         checks[state, "qemu_lost"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "this node's QEMU is gone")
@@ -336,8 +425,14 @@ def _secondary_checks() -> dict[tuple[str, str], Check]:
         link_end = None if state is _S.WAITING_FOR_PRIMARY else ReplicationEndReason.SHUTDOWN
         checks[state, "stop"] = _ended(link_end, "colod stopped")
     for state in over:
-        for input in ("primary_lost", "replication_ended", "qemu_lost", "stop"):
+        for input in ("primary_lost", "replication_ended", "qemu_lost", "stop", "takeover_allowed",
+                      "takeover_refused"):
             checks[state, input] = _nothing_more
+    for state in undecided:
+        checks[state, "stop"] = _all(_called("devices.teardown"), _ended(None, "primary lost"))
+        checks[state, "qemu_lost"] = _ended(None, "this node's QEMU is gone")
+        checks[state, "primary_lost"] = _nothing_more
+        checks[state, "replication_ended"] = _nothing_more
     return checks
 
 
@@ -371,7 +466,9 @@ class TransitionTests(SynchronousTestCase):
 
     def assert_takeover_only_after_primary_lost(self, h: Harness, transition: Transition) -> None:
         """The secondary takes over (its disks fail over, then its guest runs) only on entering
-        FAILING_OVER, from a state standing by, and once."""
+        FAILING_OVER (on the policy's yes, or an operator's request), and once: a decision still under
+        way here is a no."""
+        h.policy.verdict = Verdict(False, "the fake fence exited 1")
         h.world.finish()
         self.assertEqual(h.world.calls.count("devices.failover"), int(role_of(h) is Role.SECONDARY and (
             transition.old in _TOOK_OVER or transition.new is _S.FAILING_OVER)))

@@ -50,6 +50,9 @@ class FakeXen:
         self.calls.append(("domain_shutdown", domid, reason))
         self.shutdown = True
 
+    def domain_pause(self, domid: int) -> None:
+        self.calls.append(("domain_pause", domid))
+
     def domain_resume(self, domid: int, fast: int) -> None:
         self.calls.append(("domain_resume", domid, fast))
         self.shutdown = False
@@ -133,6 +136,13 @@ class XenDomainTests(TestCase):
             clock.advance(0.01)
             self.assertEqual(str(self.failureResultOf(d, DomainError).value), error)
             self.assertEqual(xen.calls[-1], ("xs.write", CONTROL, ""))
+
+    def test_paused_for_good(self) -> None:
+        """A superseded primary's guest: Xen pauses its vCPUs, then its device model stops."""
+        xen = FakeXen()
+        domain, _ = self.domain(xen)
+        self.successResultOf(Deferred.fromCoroutine(domain.pause()))
+        self.assertEqual(xen.calls, [("domain_pause", DOMID), ("qmp", "stop", None)])
 
     def test_resume_in_libxls_order(self) -> None:
         xen = FakeXen()

@@ -68,6 +68,9 @@ node_name = "{peer}"
 heartbeat_interval = {HEARTBEAT_INTERVAL}
 heartbeat_timeout = {HEARTBEAT_TIMEOUT}
 
+[failover]
+policy = "heartbeat-only"
+
 [tls]
 ca = "{CERTS}/{node}/{certs.CA_CERT}"
 certificate = "{CERTS}/{node}/{certs.CERT}"

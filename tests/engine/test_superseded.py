@@ -1,0 +1,42 @@
+"""A primary that was taken over from learns it once the link heals, and stops its guest for good.
+
+The lab's pair runs with heartbeat-only (the policy that takes over on silence alone): the primary's colod
+is frozen (SIGSTOP) past the heartbeat timeout while its guest runs, the secondary takes over and begins
+generation 1, and then the primary's colod is let go on.  Both guests run in between: that is what
+heartbeat-only means.  After the heal exactly one must run, the new primary's, and the old primary must
+say what it is.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from tests.cluster import ClusterTestCase, wait
+from tests.rig import async_test
+
+#: Beyond the heartbeat timeout: the takeover, then the old primary's next dial and its verdict.
+SLACK = 20.0
+
+
+class SupersededTests(ClusterTestCase):
+    @async_test
+    async def test_a_frozen_primary_finds_it_was_taken_over_from(self) -> None:
+        lab = await self.start_cluster()
+        await wait(lab.until_checkpoints(3, 10.0))
+        lab.primary.signal_daemon(signal.SIGSTOP)
+        taken = await wait(lab.until(lab.secondary, lambda s: s["failed_over"], lab.heartbeat_timeout + SLACK,
+                                     "takeover"))
+        self.assertEqual((taken["role"], taken["generation"]), ("primary", 1))
+        self.assertEqual((lab.secondary.state_dir / lab.domain / "generation").read_text(), "1\n")
+        lab.primary.signal_daemon(signal.SIGCONT)
+
+        old = await wait(lab.until(lab.primary, lambda s: s["state"] == "superseded", SLACK, "superseded"))
+        self.assertEqual((old["protected"], old["generation"]), (False, 0))
+        self.assertIn("SUPERSEDED: host-b is at generation 1, this node at 0: the domain was taken over from "
+                      "this node; the guest here is stopped for good", old["error"])
+        await wait(lab.until(lab.primary, lambda s: lab.primary.qemu_status() == "paused" or None, 10.0,
+                             "the old primary's guest stopped"))
+        self.assertEqual(lab.secondary.qemu_status(), "running")
+        self.assertIn("refused the link with primary host-a", lab.secondary.logs())
+        self.assertIn("host-a is at generation 0, older than this node's 1: the domain was taken over from "
+                      "it, it must not run the guest", lab.secondary.logs())
