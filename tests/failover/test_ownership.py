@@ -11,8 +11,8 @@ import time
 from twisted.internet import reactor
 
 from colod.failover.ownership import ClaimResult, NotLeased, Owner, Ownership, Standing
-from colod.testing.etcd import EtcdServer
 from colod.testing.lab import Poll
+from colod.testing.relay import Relay
 from tests.cluster import wait
 from tests.failover.rig import EtcdTestCase
 from tests.rig import async_test, sleep
@@ -25,11 +25,11 @@ CLAIM_INTERVAL = 0.05
 class Node:
     """One node of a test: its keeper (which notes when it called on_expiring) and its Ownership."""
 
-    def __init__(self, test: EtcdTestCase, name: str, server: EtcdServer, ttl: int) -> None:
+    def __init__(self, test: EtcdTestCase, name: str, url: str, ttl: int) -> None:
         self.name = name
         self.expiring: list[float] = []
         self.lost: list[str] = []
-        client = test.client(server.url)
+        client = test.client(url)
         self.keeper = test.keeper(client, ttl, self.expiring, self.lost)
         self.ownership = Ownership(client, self.keeper, prefix="/test/")
 
@@ -44,7 +44,7 @@ class Node:
 class ClaimTests(EtcdTestCase):
     async def nodes(self, ttl: int = 10) -> tuple[Node, Node]:
         server = self.start_etcd()
-        return await Node(self, "a", server, ttl).start(), await Node(self, "b", server, ttl).start()
+        return await Node(self, "a", server.url, ttl).start(), await Node(self, "b", server.url, ttl).start()
 
     @async_test
     async def test_claim_wins_once(self) -> None:
@@ -90,7 +90,7 @@ class ClaimTests(EtcdTestCase):
     async def test_no_claim_without_a_lease(self) -> None:
         """A node whose lease was not granted, or was lost, cannot claim."""
         server = self.start_etcd()
-        a = Node(self, "a", server, 10)
+        a = Node(self, "a", server.url, 10)
         with self.assertRaises(NotLeased):
             await a.claim(0)
         await a.start()
@@ -115,7 +115,7 @@ class TakeoverTests(EtcdTestCase):
         """When the owner stops renewing (it died), the rival wins epoch 2 once the owner's lease (2 s) has
         expired, not before the owner's deadline."""
         server = self.start_etcd()
-        a, b = await Node(self, "a", server, 2).start(), await Node(self, "b", server, 10).start()
+        a, b = await Node(self, "a", server.url, 2).start(), await Node(self, "b", server.url, 10).start()
         await a.claim(0)
         assert a.keeper.deadline is not None
         await a.keeper.stop(revoke=False)
@@ -128,7 +128,7 @@ class TakeoverTests(EtcdTestCase):
         """etcd restarted: the owner's keeper renews the same lease, its owner key is still there, and a
         rival's claim still loses; the owner never had to fence."""
         server = self.start_etcd()
-        a, b = await Node(self, "a", server, 5).start(), await Node(self, "b", server, 5).start()
+        a, b = await Node(self, "a", server.url, 5).start(), await Node(self, "b", server.url, 5).start()
         await a.claim(0)
         server.restart()
         renewals = a.keeper.renewals
@@ -143,7 +143,7 @@ class TakeoverTests(EtcdTestCase):
         can expire (TTL after its last renewal was sent); after etcd thaws the rival's claim wins, and
         strictly after on_expiring; the owner then learns its lease is lost."""
         server = self.start_etcd()
-        a, b = await Node(self, "a", server, 2).start(), await Node(self, "b", server, 10).start()
+        a, b = await Node(self, "a", server.url, 2).start(), await Node(self, "b", server.url, 10).start()
         await a.claim(0)
         server.pause()
         await wait(Poll(lambda: a.expiring or None, 5.0, "the owner's on_expiring"))
@@ -155,3 +155,25 @@ class TakeoverTests(EtcdTestCase):
         self.assertLess(a.expiring[0], won_at)
         await wait(Poll(lambda: a.lost or None, 5.0, "the owner's lease reported lost"))
         self.assertEqual(len(a.expiring), 1)
+
+    @async_test
+    async def test_owner_cut_from_etcd_fences_before_the_rival_wins(self) -> None:
+        """The owner cut from etcd (a frozen relay) while the rival still reaches it: the owner's keeper calls
+        on_expiring before its lease can expire, and so strictly before the rival's first winning claim was
+        sent; once the cut heals the owner learns its lease is lost, and the rival owns epoch 2."""
+        server = self.start_etcd()
+        relay = Relay(reactor, server.client_port)
+        self.addCleanup(relay.close)
+        a, b = await Node(self, "a", relay.url, 2).start(), await Node(self, "b", server.url, 10).start()
+        await a.claim(0)
+        relay.freeze()
+        won_at = await self.rival_wins(b, 1, 10.0)
+        assert a.keeper.renewed_at is not None and a.keeper.lease is not None
+        self.assertEqual(len(a.expiring), 1)
+        self.assertLess(a.expiring[0], a.keeper.renewed_at + a.keeper.lease.ttl)
+        self.assertLess(a.expiring[0], won_at)
+        relay.thaw()
+        await wait(Poll(lambda: a.lost or None, 5.0, "the owner's lease reported lost"))
+        self.assertEqual(await a.ownership.read(DOMAIN), Standing(Owner("b", 2), 2))
+        with self.assertRaises(NotLeased):
+            await a.claim(2)
