@@ -40,8 +40,10 @@ MARGIN_SHARE = 0.25
 class LeaseKeeper:
     """Grant a lease of ``ttl`` seconds at start(), renew it until stop(), and say when it may lapse.
 
-    ``clock`` gives the time and the timers (the reactor; a task.Clock in unit
-    tests).  ``margin`` (seconds) defaults to MARGIN_SHARE of the granted TTL.
+    ``clock`` gives the time and the timers: in the daemon a MonotonicClock
+    (the reactor's own follow the wall clock: colod.failover.monotonic), in
+    unit tests a task.Clock.  ``margin`` (seconds) defaults to MARGIN_SHARE of
+    the granted TTL.
     """
 
     log = Logger()

@@ -6,12 +6,19 @@ from twisted.internet import reactor
 
 from colod.failover.etcd import EtcdClient
 from colod.failover.lease import LeaseKeeper
+from colod.failover.monotonic import MonotonicClock
+from colod.reactor import asyncio_loop
 from colod.testing.etcd import EtcdServer
 from colod.testing.lab import free_port
 from tests.rig import ScratchTestCase
 
 #: A call's deadline in these tests (seconds): loopback answers in milliseconds.
 CALL_TIMEOUT = 2.0
+
+
+def now() -> float:
+    """The time on MonotonicClock's scale."""
+    return asyncio_loop().time()
 
 
 def dead_url() -> str:
@@ -30,10 +37,11 @@ class EtcdTestCase(ScratchTestCase):
     def client(self, *endpoints: str, timeout: float = CALL_TIMEOUT) -> EtcdClient:
         return EtcdClient(endpoints, reactor, timeout=timeout)
 
-    def keeper(self, client: EtcdClient, ttl: int, expiring: list[float], lost: list[str],
-               margin: float | None = None) -> LeaseKeeper:
-        """A keeper that notes when it called on_expiring (reactor time) and why it called on_lost."""
-        keeper = LeaseKeeper(client, ttl, clock=reactor, margin=margin,
-                             on_expiring=lambda: expiring.append(reactor.seconds()), on_lost=lost.append)
+    def keeper(self, client: EtcdClient, ttl: int, expiring: list[float], lost: list[str]) -> LeaseKeeper:
+        """A keeper on the daemon's clock (MonotonicClock) that notes when it called on_expiring (that
+        clock's time, now()) and why it called on_lost."""
+        clock = MonotonicClock(asyncio_loop())
+        keeper = LeaseKeeper(client, ttl, clock=clock, on_expiring=lambda: expiring.append(clock.seconds()),
+                             on_lost=lost.append)
         self.addCleanup(keeper.stop, revoke=False)
         return keeper

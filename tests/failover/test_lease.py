@@ -8,17 +8,22 @@ a real etcd in test_etcd; the keeper with a real etcd here and in test_ownership
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from colod.failover.etcd import EtcdClient, EtcdUnavailable, Lease
 from colod.failover.lease import LeaseKeeper
+from colod.failover.monotonic import MonotonicClock
+from colod.reactor import asyncio_loop
 from colod.testing.lab import Poll
 from tests.cluster import wait
-from tests.failover.rig import EtcdTestCase
+from tests.failover.rig import EtcdTestCase, now
 from tests.rig import async_test, sleep
 
 LEASE_ID = 0x1234
@@ -141,3 +146,48 @@ class RealLeaseTests(EtcdTestCase):
         self.assertIn(f"{lease.id:x}", why)
         self.assertEqual(len(expiring), 1)
         self.assertFalse(keeper.safe())
+
+
+async def loop_sleep(seconds: float) -> None:
+    """Sleep on the asyncio loop's (monotonic) timers: the reactor's may be stepped by a test."""
+    await Deferred.fromFuture(asyncio.ensure_future(asyncio.sleep(seconds), loop=asyncio_loop()))
+
+
+class MonotonicClockTests(EtcdTestCase):
+    @async_test
+    async def test_timers(self) -> None:
+        """Timers fire in their order, on the loop's clock; a cancelled one never does, and says so after."""
+        clock = MonotonicClock(asyncio_loop())
+        fired: list[str] = []
+        started = clock.seconds()
+        later = clock.callLater(0.2, fired.append, "later")
+        clock.callLater(0.1, fired.append, "sooner")
+        cancelled = clock.callLater(0.05, fired.append, "cancelled")
+        cancelled.cancel()
+        self.assertEqual(len(clock.getDelayedCalls()), 2)
+        await loop_sleep(0.3)
+        self.assertEqual(fired, ["sooner", "later"])
+        self.assertLess(abs(later.getTime() - (started + 0.2)), 0.05)
+        self.assertFalse(later.active())
+        self.assertRaises(AlreadyCalled, later.cancel)
+        self.assertRaises(AlreadyCancelled, cancelled.cancel)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @async_test
+    async def test_keeper_fences_on_time_though_the_wall_clock_steps_back(self) -> None:
+        """etcd frozen, and the wall clock stepped back an hour (the reactor's timers with it): a keeper
+        on MonotonicClock still calls on_expiring before its lease's TTL from its last renewal sent."""
+        server = self.start_etcd()
+        expiring: list[float] = []
+        keeper = self.keeper(self.client(server.url), 2, expiring, [])
+        await keeper.start()
+        server.pause()
+        self.addCleanup(server.resume)
+        wall = reactor.seconds
+        self.patch(reactor, "seconds", lambda: wall() - 3600)
+        deadline = now() + 5.0
+        while not expiring and now() < deadline:
+            await loop_sleep(0.05)
+        assert keeper.renewed_at is not None
+        self.assertEqual(len(expiring), 1, "no on_expiring within 5 s")
+        self.assertLess(expiring[0], keeper.renewed_at + 2)

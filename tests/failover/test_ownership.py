@@ -14,7 +14,7 @@ from colod.failover.ownership import ClaimResult, NotLeased, Owner, Ownership, S
 from colod.testing.lab import Poll
 from colod.testing.relay import Relay
 from tests.cluster import wait
-from tests.failover.rig import EtcdTestCase
+from tests.failover.rig import EtcdTestCase, now
 from tests.rig import async_test, sleep
 
 DOMAIN = "guest"
@@ -101,10 +101,10 @@ class ClaimTests(EtcdTestCase):
 
 class TakeoverTests(EtcdTestCase):
     async def rival_wins(self, rival: Node, known_epoch: int, timeout: float) -> float:
-        """Claim as ``rival`` until a claim wins; the time (reactor clock) that claim was sent."""
+        """Claim as ``rival`` until a claim wins; the time (now()) that claim was sent."""
         deadline = time.monotonic() + timeout
         while True:
-            sent = reactor.seconds()
+            sent = now()
             if (await rival.claim(known_epoch)).won:
                 return sent
             self.assertLess(time.monotonic(), deadline, "the rival's claim never won")
