@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.failover.test_etcd, tests.failover.test_ownership -*-
-"""A real etcd-server for tests and the demo: Debian's ``/usr/bin/etcd``, one member, on loopback.
+"""A real etcd-server for tests and the demo: Debian's ``/usr/bin/etcd``, on loopback, alone or as a cluster.
 
-Each server gets its own data directory and two free ports on 127.0.0.1
+Each member gets its own data directory and two free ports on 127.0.0.1
 (client and peer), so it neither needs nor meets an etcd that Debian's package
 may run as a service on 2379.  It can be stopped, killed and started again on
 the same data directory and ports (what it stored survives, as in a real
@@ -45,6 +45,8 @@ class EtcdServer:
         self.log_path = workdir / f"{name}.log"
         self.client_port = free_port()
         self.peer_port = free_port()
+        #: The cluster's members as ``name=peer URL``, comma-separated (start_cluster() sets it).
+        self.initial_cluster = f"{name}={self.peer_url}"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,23 +55,36 @@ class EtcdServer:
         return f"http://127.0.0.1:{self.client_port}"
 
     @property
+    def peer_url(self) -> str:
+        """Where the other members reach it."""
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
     def command(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
         return [
             ETCD_BINARY, "--name", self.name, "--data-dir", str(self.data_dir), "--logger", "zap",
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+            "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.initial_cluster, "--initial-cluster-state", "new",
         ]
 
     def start(self, timeout: float = START_TIMEOUT) -> EtcdServer:
         """Start etcd (on what its data directory holds) and wait until it says it is healthy."""
+        self.launch()
+        return self.wait_healthy(timeout)
+
+    def launch(self) -> None:
+        """Start etcd, without waiting: a cluster's member is healthy only once a quorum has started."""
         assert not self.running(), f"{self.name} is already running"
         # Its settings are its arguments alone, not an ETCD_* variable the runner happens to have.
         env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD_")}
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> EtcdServer:
+        """Wait until the started etcd says it is healthy.  @raise EtcdStartError: it exited, or too late."""
+        assert self._process is not None, f"{self.name} was not started"
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self._process.poll() is not None:
@@ -89,6 +104,13 @@ class EtcdServer:
                 return bool(json.load(answer).get("health") == "true")
         except (OSError, ValueError):
             return False
+
+    def is_leader(self) -> bool:
+        """Whether this member leads the cluster now (its status says the leader is itself)."""
+        request = urllib.request.Request(self.url + "/v3/maintenance/status", data=b"{}", method="POST")
+        with _DIRECT.open(request, timeout=2.0) as answer:
+            status = json.load(answer)
+        return bool(status["leader"] == status["header"]["member_id"])
 
     def output(self) -> str:
         """What etcd has printed so far, over every start."""
@@ -128,3 +150,20 @@ class EtcdServer:
 
     def __repr__(self) -> str:
         return f"<EtcdServer {self.name} {self.url} {'running' if self.running() else 'not running'}>"
+
+
+def start_cluster(workdir: Path, size: int = 3, timeout: float = START_TIMEOUT) -> list[EtcdServer]:
+    """A cluster of ``size`` members, started, each healthy.  On failure, no member is left running."""
+    members = [EtcdServer(workdir, f"etcd{index}") for index in range(size)]
+    for member in members:
+        member.initial_cluster = ",".join(f"{other.name}={other.peer_url}" for other in members)
+    try:
+        for member in members:
+            member.launch()
+        for member in members:
+            member.wait_healthy(timeout)
+    except BaseException:
+        for member in members:
+            member.kill()
+        raise
+    return members

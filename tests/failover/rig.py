@@ -8,7 +8,7 @@ from colod.failover.etcd import EtcdClient
 from colod.failover.lease import LeaseKeeper
 from colod.failover.monotonic import MonotonicClock
 from colod.reactor import asyncio_loop
-from colod.testing.etcd import EtcdServer
+from colod.testing.etcd import EtcdServer, start_cluster
 from colod.testing.lab import free_port
 from tests.rig import ScratchTestCase
 
@@ -33,6 +33,12 @@ class EtcdTestCase(ScratchTestCase):
         server = EtcdServer(self.workdir, name)
         self.addCleanup(server.stop)
         return server.start()
+
+    def start_cluster(self, size: int = 3) -> list[EtcdServer]:
+        members = start_cluster(self.workdir, size)
+        for member in members:
+            self.addCleanup(member.stop)
+        return members
 
     def client(self, *endpoints: str, timeout: float = CALL_TIMEOUT) -> EtcdClient:
         return EtcdClient(endpoints, reactor, timeout=timeout)

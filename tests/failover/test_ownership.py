@@ -10,6 +10,7 @@ import time
 
 from twisted.internet import reactor
 
+from colod.failover.etcd import EtcdUnavailable
 from colod.failover.ownership import ClaimResult, NotLeased, Owner, Ownership, Standing
 from colod.testing.lab import Poll
 from colod.testing.relay import Relay
@@ -25,11 +26,11 @@ CLAIM_INTERVAL = 0.05
 class Node:
     """One node of a test: its keeper (which notes when it called on_expiring) and its Ownership."""
 
-    def __init__(self, test: EtcdTestCase, name: str, url: str, ttl: int) -> None:
+    def __init__(self, test: EtcdTestCase, name: str, urls: str | list[str], ttl: int) -> None:
         self.name = name
         self.expiring: list[float] = []
         self.lost: list[str] = []
-        client = test.client(url)
+        client = test.client(*([urls] if isinstance(urls, str) else urls))
         self.keeper = test.keeper(client, ttl, self.expiring, self.lost)
         self.ownership = Ownership(client, self.keeper, prefix="/test/")
 
@@ -177,3 +178,27 @@ class TakeoverTests(EtcdTestCase):
         self.assertEqual(await a.ownership.read(DOMAIN), Standing(Owner("b", 2), 2))
         with self.assertRaises(NotLeased):
             await a.claim(2)
+
+
+class ClusterTests(EtcdTestCase):
+    @async_test
+    async def test_ownership_survives_the_loss_of_the_leader(self) -> None:
+        """A 3-member cluster loses its leader, the member the owner's client tried first: the owner's keeper
+        renews through another member, it stays the owner, and a rival's claims meanwhile all lose."""
+        members = self.start_cluster()
+        (leader,) = [member for member in members if member.is_leader()]
+        urls = [leader.url] + [member.url for member in members if member is not leader]
+        a, b = await Node(self, "a", urls, 5).start(), await Node(self, "b", urls[::-1], 5).start()
+        await a.claim(0)
+        leader.kill()
+        renewals = a.keeper.renewals
+        ended = now() + 5.0
+        while now() < ended:
+            try:
+                self.assertFalse((await b.claim(1)).won)
+            except EtcdUnavailable:
+                pass  # no leader yet: the rival cannot claim either
+            await sleep(CLAIM_INTERVAL)
+        self.assertGreater(a.keeper.renewals, renewals)
+        self.assertEqual(await a.ownership.read(DOMAIN), Standing(Owner("a", 1), 1))
+        self.assertEqual(a.lost, [])
