@@ -291,9 +291,11 @@ class _Body(Protocol):
         self._parts.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:  # cancelled
+            return
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(b"".join(self._parts))
-        elif not self.done.called:
+        else:
             self.done.errback(ResponseFailed([reason]))
 
 

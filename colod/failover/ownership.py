@@ -86,7 +86,9 @@ class Ownership:
 
     def claim(self, domain: str, node: str, known_epoch: int) -> Deferred[ClaimResult]:
         """Own ``domain`` as ``node`` in epoch ``known_epoch + 1``, if etcd's epoch is still ``known_epoch``
-        and no other node owns it.  @raise NotLeased: the keeper's lease is not safe to act on."""
+        and no other node owns it.  A won claim does not wait for a renewal: act on it only while the
+        keeper is safe(), as ever.  @raise NotLeased: the keeper's lease is not safe to act on.
+        @raise EtcdUnavailable, EtcdError: etcd did not answer, or refused (e.g. the lease had expired)."""
         return Deferred.fromCoroutine(self._claim(domain, node, known_epoch))
 
     async def _claim(self, domain: str, node: str, known_epoch: int) -> ClaimResult:
