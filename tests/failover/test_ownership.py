@@ -129,11 +129,11 @@ class TakeoverTests(EtcdTestCase):
         """etcd restarted: the owner's keeper renews the same lease, its owner key is still there, and a
         rival's claim still loses; the owner never had to fence."""
         server = self.start_etcd()
-        a, b = await Node(self, "a", server.url, 5).start(), await Node(self, "b", server.url, 5).start()
+        a, b = await Node(self, "a", server.url, 10).start(), await Node(self, "b", server.url, 10).start()
         await a.claim(0)
         server.restart()
         renewals = a.keeper.renewals
-        await wait(Poll(lambda: a.keeper.renewals > renewals or None, 5.0, "a renewal after the restart"))
+        await wait(Poll(lambda: a.keeper.renewals > renewals or None, 10.0, "a renewal after the restart"))
         self.assertEqual(await b.claim(1), ClaimResult(won=False, owner=Owner("a", 1), epoch=1))
         self.assertEqual(await b.ownership.read(DOMAIN), Standing(Owner("a", 1), 1))
         self.assertEqual((a.expiring, a.lost), ([], []))
