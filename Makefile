@@ -1,11 +1,11 @@
 # The README's two commands: `make demo` and `make test`. Both set up what they
-# need on a fresh Debian 12 machine (as root): QEMU from Debian, a virtualenv
+# need on a fresh Debian 12 machine (as root): QEMU and etcd-server from Debian, a virtualenv
 # with colod and its test extras.
 
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-DEB_PACKAGES := qemu-system-x86 qemu-utils python3-venv
+DEB_PACKAGES := qemu-system-x86 qemu-utils python3-venv etcd-server
 
 .PHONY: setup system-packages demo test lint typecheck trial clean
 

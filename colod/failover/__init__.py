@@ -1,6 +1,9 @@
-"""Failover: who may take a guest over when its primary is lost (docs/engine.md, "Failover").
+"""Failover: who may run a domain's guest when its primary is lost, so that never two hosts do.
 
 A secondary whose link ended in a way that leaves the primary's fate unknown
 (colod.engine.link_end) asks its policy (colod.failover.policy) before it
-runs the guest; a policy that cannot be sure says no, and the operator decides.
+runs the guest; a policy that cannot be sure says no, and the operator
+decides.  The etcd tie-breaker (colod.failover.etcd, .lease, .ownership)
+decides which host may run a domain as primary through etcd's leases and
+transactions.
 """
