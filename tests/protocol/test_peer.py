@@ -400,11 +400,11 @@ class PeerLinkTests(TestCase):
     def test_wrong_version(self):
         port = yield self.listen()
         hello = bytearray(PRIMARY.encode())
-        hello[9] = 2
+        hello[9] = 3
         yield self.connect(port, Factory.forProtocol(lambda: RawHello(bytes(hello))))
         reason = yield self.secondary.lost
         self.assertIsInstance(reason, VersionMismatch)
-        self.assertEqual(str(reason), "peer speaks link protocol version 2, this colod 1")
+        self.assertEqual(str(reason), "peer speaks link protocol version 3, this colod 2")
 
     @inlineCallbacks
     def test_not_a_peer(self):
