@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.devices.test_nbd_tls,tests.test_demo -*-
 """A stranger's NBD client, for the demo and the tests: ``qemu-img info`` on an export, plain or under TLS.
 
 It is QEMU's own client, as anyone on the network could run it, with the
