@@ -299,8 +299,8 @@ class Lab:
     disk_size: int = 8 * MiB
     memory_pages: int = 1024
     seed: int = 1
-    #: Mutual TLS on the link and on NBD (the default); False for both plaintext, as the files say
-    #: explicitly (``peer.tls = false``, ``nbd_tls = false``).
+    #: Mutual TLS on the link and on NBD (the default, which the files leave to colod's defaults); False for
+    #: both plaintext, as the files say explicitly (``peer.tls = false``, ``nbd_tls = false``).
     tls: bool = True
     #: Where the secondary listens for the primary's link.
     secondary_port: int = attrs.field(factory=free_port)
@@ -388,7 +388,7 @@ name = "{self.domain}"
 qmp_socket = "{node.qmp_socket}"
 nbd_host = "127.0.0.1"
 nbd_port = {self.nbd_port}
-nbd_tls = {str(self.tls).lower()}
+{"" if self.tls else "nbd_tls = false"}
 memory_image = "{node.memory}"
 {device_model}
 [[domain.disk]]

@@ -152,7 +152,7 @@ class ReplicationTestCase(QemuTestCase):
         """A colod.toml for ``role`` with the given disks of one domain.
 
         The nodes are NODES' (``node`` for another of tests.certs'), with their certificates; NBD is
-        under TLS unless ``nbd_tls`` is False (the peer link is not used here).
+        under TLS, colod's default, unless ``nbd_tls`` is False (the peer link is not used here).
         """
         quorum_nodes = quorum_nodes or {}
         node = node or NODES[role]
@@ -163,7 +163,7 @@ class ReplicationTestCase(QemuTestCase):
             "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"',
             f'node_name = "{peer}"', certs.files(node).toml(),
             "[[domain]]", 'name = "guest"', f'qmp_socket = "{self.workdir}/unused.qmp"',
-            'nbd_host = "127.0.0.1"', f"nbd_port = {self.port}", f"nbd_tls = {str(nbd_tls).lower()}",
+            'nbd_host = "127.0.0.1"', f"nbd_port = {self.port}", "" if nbd_tls else "nbd_tls = false",
         ]
         for i in disks:
             lines += [
