@@ -25,6 +25,9 @@ and, with ``--link both`` (the default), in their peer link:
   makes for the run (``colod make-certs``);
 - plain: the link in plaintext, ``peer.tls = false``.
 
+NBD (the primary's QEMU writing to the secondary's) is plaintext in all of
+them (``nbd_tls = false``): QEMU's TLS, not colod's, and the same for both styles.
+
 So each scenario runs four pairs (colod and libxl-style, each on either
 link), or two with ``--link tls`` or ``--link plain``.
 
@@ -269,6 +272,8 @@ def write_config(workdir: Path, role: str, nbd_port: int, memory: bool, tls_dir:
     lines += [
         "[[domain]]", f'name = "{DOMAIN}"', f'qmp_socket = "{workdir / role}.qmp"',
         'nbd_host = "127.0.0.1"', f"nbd_port = {nbd_port}",
+        # The link's TLS is what is compared; NBD, plaintext in both, is QEMU's own (colod.devices.nbd_tls).
+        "nbd_tls = false",
     ]
     if memory:
         lines.append(f'memory_image = "{workdir / role}.ram"')

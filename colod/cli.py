@@ -3,7 +3,9 @@
 
 ``colod qemu-args --role secondary --config FILE`` prints the QEMU arguments
 colod needs: the device-model options, then one ``-blockdev`` per configured
-disk part, an option and its value per line, shell-quoted.
+disk part, and with NBD under TLS (the default) the objects its TLS needs, for
+which it lays out ``<state_dir>/qemu-tls`` (colod.devices.nbd_tls); an option and its
+value per line, shell-quoted.
 
 ``colod failover --config FILE DOMAIN`` tells the secondary, which waits for
 an operator's decision after losing its primary (colod.failover.policy),
@@ -30,9 +32,10 @@ from pathlib import Path
 
 from colod import certs, config, tls
 from colod.config import ConfigError
+from colod.devices import nbd_tls
 from colod.engine.secondary import SecondaryState
 from colod.failover.policy import OperatorRequest
-from colod.qemu_args import device_model_args, qemu_args
+from colod.qemu_args import device_model_args, json_args, qemu_args
 from colod.role import Role
 
 
@@ -130,6 +133,9 @@ def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> 
         args = device_model_args(incoming=True)
     else:
         args = qemu_args(domain, role)
+        if domain.nbd_tls is not None:
+            nbd_tls.lay_out(loaded)
+            args += json_args("-object", nbd_tls.qemu_objects(loaded, domain))
     print("\n".join(shlex.join(args[i:i + 2]) for i in range(0, len(args), 2)))
 
 

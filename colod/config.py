@@ -75,6 +75,21 @@ class TLSConfig:
 
 
 @attrs.frozen
+class NbdTLS:
+    """A domain's NBD under TLS with the certificates of ``[tls]`` (colod.devices.nbd_tls).
+
+    The secondary's NBD server lets in only a client whose certificate is the
+    CA's and whose subject is ``CN=<the primary's node_name>``; the primary's
+    NBD client connects only to a server whose certificate is the CA's and
+    names the secondary.  On either node the other is ``peer``.
+    """
+
+    #: peer.node_name: the primary checks the secondary's certificate for it (tls-hostname); the
+    #: secondary lets in the subject ``CN=<peer>`` (tls-authz).
+    peer: str
+
+
+@attrs.frozen
 class QMPConfig:
     """Deadlines for talking to each domain's QEMU."""
 
@@ -125,6 +140,9 @@ class DomainConfig:
     # failover (the disks' QEMU cannot wait so: replication needs active nodes).
     device_model_socket: str | None = None
     xen: XenConfig | None = None
+    # NBD's TLS; None for plaintext NBD, which the file must ask for (nbd_tls = false), and for a
+    # Xen domain (no NBD).  The parser's default is TLS.
+    nbd_tls: NbdTLS | None = None
 
 
 @attrs.frozen
@@ -369,7 +387,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
 
     tls = _tls(top, node_name) if top.has("tls") else None
     if peer.tls:
-        _check_tls_link(path, peer, tls)
+        _check_tls(path, peer, tls, "peer.tls", "the peer link is mutual TLS unless peer.tls = false")
 
     qmp_table = top.table("qmp")
     qmp = QMPConfig(
@@ -379,7 +397,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
     qmp_table.done()
 
     failover = _failover(top)
-    domains = tuple(_domain(t) for t in top.tables("domain"))
+    domains = tuple(_domain(t, path, node_name, peer, tls) for t in top.tables("domain"))
     top.done()
     if peer.node_name == node_name:
         raise ConfigError(f"{path}: peer.node_name: is this node's own colod.node_name ({node_name!r}); "
@@ -428,8 +446,10 @@ def _fence_command(argv: list[Any]) -> str | None:
         return "must be a list of non-empty strings, the program first"
     if not argv[0].startswith("/"):
         return "must start with the program's absolute path"
+    if not os.path.exists(argv[0]):
+        return f"{argv[0]} does not exist on this host: no takeover could ever be fenced"
     if not (os.path.isfile(argv[0]) and os.access(argv[0], os.X_OK)):
-        return f"{argv[0]} is not an executable file on this host: no takeover could ever be fenced"
+        return f"{argv[0]} is not an executable file: no takeover could ever be fenced"
     for arg in argv:
         for placeholder in re.findall(r"\{[^}]*\}", arg):
             if placeholder not in PLACEHOLDERS:
@@ -454,18 +474,19 @@ def _tls(top: _Table, node_name: str) -> TLSConfig:
     return files
 
 
-def _check_tls_link(path: str, peer: PeerConfig, tls: TLSConfig | None) -> None:
-    """A TLS link (the default) needs ``[tls]``, and a peer name its certificate must carry."""
+def _check_tls(path: str, peer: PeerConfig, tls: TLSConfig | None, key: str, what: str) -> str:
+    """What TLS (the link's, the default, or NBD's, ``what``, asked by ``key``) needs: ``[tls]``, and
+    a peer name its certificate must carry, which is returned."""
     if tls is None:
-        raise ConfigError(f"{path}: tls: missing required table: the peer link is mutual TLS unless "
-                          "peer.tls = false (plaintext, insecure); give ca, certificate and key "
-                          "(colod make-certs makes a lab's)")
+        raise ConfigError(f"{path}: tls: missing required table: {what} (plaintext, insecure); give ca, "
+                          "certificate and key (colod make-certs makes a lab's)")
     if peer.node_name is None:
-        raise ConfigError(f"{path}: peer.node_name: missing required key: under TLS the peer is "
+        raise ConfigError(f"{path}: peer.node_name: missing required key: under TLS ({key}) the peer is "
                           "authenticated by the name its certificate carries")
     problem = link_tls.name_problem(peer.node_name)
     if problem is not None:
         raise ConfigError(f"{path}: peer.node_name: {problem} (got {peer.node_name!r})")
+    return peer.node_name
 
 
 #: Keys of a QEMU domain that a Xen domain does not take, and why.
@@ -476,19 +497,24 @@ _NOT_FOR_XEN = {
     "disk": "Debian's Xen QEMU has no block replication (docs/xen.md)",
     "memory_image": "Xen moves the guest's memory",
     "device_model_socket": "Xen's receiver restores the device model",
+    "nbd_tls": "Debian's Xen QEMU has no block replication (docs/xen.md)",
 }
 #: Where Debian's xen-utils-4.17 puts them.
 _SAVE_HELPER = "/usr/lib/xen-4.17/bin/libxl-save-helper"
 _XL = "/usr/sbin/xl"
 
 
-def _domain(table: _Table) -> DomainConfig:
+def _domain(table: _Table, path: str, node_name: str, peer: PeerConfig,
+            tls: TLSConfig | None) -> DomainConfig:
     name = table.take("name", str, check=name_problem)
     if table.has("xen"):
         return _xen_domain(table, name)
     qmp_socket = table.take("qmp_socket", str, check=_absolute_path)
     nbd_host = table.take("nbd_host", str, check=host_problem)
     nbd_port = table.take("nbd_port", int, check=_port)
+    nbd_tls = None
+    if table.take("nbd_tls", bool, True):
+        nbd_tls = _nbd_tls(table, path, node_name, peer, tls)
     memory_image = table.take("memory_image", str, None, check=_absolute_path)
     device_model_socket = table.take("device_model_socket", str, None, check=_absolute_path)
     disks = tuple(_disk(t) for t in table.tables("disk"))
@@ -499,7 +525,20 @@ def _domain(table: _Table) -> DomainConfig:
     _check_unique(table.path, [(f"{where}.disk[{i}].{key}", getattr(d, key))
                                for i, d in enumerate(disks) for key in ("quorum_node", "export_name")])
     return DomainConfig(name=name, qmp_socket=qmp_socket, nbd_host=nbd_host, nbd_port=nbd_port,
-                        disks=disks, memory_image=memory_image, device_model_socket=device_model_socket)
+                        disks=disks, memory_image=memory_image, device_model_socket=device_model_socket,
+                        nbd_tls=nbd_tls)
+
+
+def _nbd_tls(table: _Table, path: str, node_name: str, peer: PeerConfig, tls: TLSConfig | None) -> NbdTLS:
+    """NBD under TLS (the default): ``[tls]``, the peer's name, and this node's certificate's subject
+    as the peer's NBD server will check it."""
+    where = f"{table.where}.nbd_tls"
+    peer_name = _check_tls(path, peer, tls, where, f"NBD is TLS unless {where} = false")
+    assert tls is not None  # _check_tls refuses a missing [tls]
+    problem = link_tls.subject_problem(tls.certificate, node_name)
+    if problem is not None:
+        raise ConfigError(f"{path}: tls.certificate: {problem} (or {where} = false, plaintext, insecure)")
+    return NbdTLS(peer=peer_name)
 
 
 def _xen_domain(table: _Table, name: str) -> DomainConfig:

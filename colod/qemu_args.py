@@ -136,11 +136,12 @@ def device_model_args(incoming: bool = False) -> list[str]:
     return [*args, *SECONDARY_ARGS] if incoming else args
 
 
+def json_args(option: str, values: list[dict[str, Any]]) -> list[str]:
+    """``option`` once per value, each in QEMU's JSON form (no comma escaping to get wrong)."""
+    return [arg for value in values for arg in (option, json.dumps(value, separators=(",", ":")))]
+
+
 def qemu_args(domain: DomainConfig, role: Role) -> list[str]:
     """The device-model options and ``domain``'s disks' ``-blockdev`` arguments for a QEMU on ``role``."""
     build = {Role.PRIMARY: primary_blockdevs, Role.SECONDARY: secondary_blockdevs}[role]
-    args = device_model_args()
-    for n in disk_nodes(domain):
-        for blockdev in build(n):
-            args += ["-blockdev", json.dumps(blockdev, separators=(",", ":"))]
-    return args
+    return device_model_args() + json_args("-blockdev", [b for n in disk_nodes(domain) for b in build(n)])

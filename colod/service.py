@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from colod import startup
 from colod.config import Config, DomainConfig
-from colod.devices import DeviceGroup
+from colod.devices import DeviceGroup, nbd_tls
 from colod.engine.core import EngineCore
 from colod.engine.generation import Generation, GenerationError
 from colod.engine.peering import PeerEndpoint
@@ -313,7 +313,27 @@ class ColodService(MultiService):
             self.log.warn("UNSAFE: failover policy heartbeat-only ({path}): a secondary that stops hearing "
                           "its primary takes over, so a partition or a stalled primary runs the guest on "
                           "both hosts; use fence or manual", path=self.config.path)
+        for index, domain in enumerate(self.config.domains):
+            self._say_nbd(index, domain)
         super().startService()
+
+    def _say_nbd(self, index: int, domain: DomainConfig) -> None:
+        """Say how ``domain``'s NBD is protected: an INSECURE warning when it is plaintext."""
+        if domain.xen is not None:
+            return  # no NBD
+        if domain.nbd_tls is None:
+            self.log.warn("INSECURE: domain {domain}'s NBD is plaintext (domain[{index}].nbd_tls = false in "
+                          "{path}): anyone who can reach {host} port {port} can read and write the "
+                          "secondary's disks; use [tls]", domain=domain.name, index=index,
+                          path=self.config.path, host=domain.nbd_host, port=domain.nbd_port)
+        elif self.config.role is Role.SECONDARY:
+            self.log.info("domain {domain}: NBD is TLS: the NBD server lets in only {subject}, with a "
+                          "certificate from the CA", domain=domain.name,
+                          subject=nbd_tls.client_subject(domain.nbd_tls))
+        else:
+            self.log.info("domain {domain}: NBD is TLS: the NBD client writes only to a server whose "
+                          "certificate from the CA names {peer}", domain=domain.name,
+                          peer=domain.nbd_tls.peer)
 
     def fail(self, reason: str) -> None:
         """End colod, which cannot do its job: ``reason`` as one line in the log, then a stop."""

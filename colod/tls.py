@@ -53,6 +53,23 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def subject_problem(certificate: str, node_name: str) -> str | None:
+    """Why ``certificate``'s subject is not ``CN=<node_name>`` alone; None if it is.
+
+    QEMU's NBD server lets its client in by the whole subject, as GnuTLS
+    writes it (``tls-authz``, colod.devices.nbd_tls): the peer expects exactly that one.
+    """
+    try:
+        subject = _certificate("certificate", certificate).subject
+    except TLSFileError as e:
+        return str(e)
+    found = subject.rfc4514_string()
+    if found != f"CN={node_name}":
+        return (f"{certificate!r} has the subject {found!r}; NBD's TLS lets the peer in by its subject, "
+                f"which must be exactly 'CN={node_name}'")
+    return None
+
+
 def load(ca: str, certificate: str, key: str, node_name: str) -> ssl.CertificateOptions:
     """The link's TLS settings from the PEM files of ``[tls]``, checked to work for the node ``node_name``.
 

@@ -425,6 +425,9 @@ class ClusterTestCase(ScratchTestCase):
         lab.start_qemus()
         lab.start_daemons()
         await wait(lab.until_protected())
+        if lab.tls:  # as the daemon runs by default: the link and the disks' NBD under TLS
+            self.assertIn(f"NBD is TLS: the NBD server lets in only CN={lab.primary.name}",
+                          lab.secondary.logs())
         lab.start_writer(WRITER_INTERVAL)
         await wait(lab.until_ops(1, 10.0))
         return lab

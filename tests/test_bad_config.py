@@ -296,10 +296,22 @@ BAD = [
         "tls: missing required table: the peer link is mutual TLS unless peer.tls = false (plaintext, "
         "insecure); give ca, certificate and key (colod make-certs makes a lab's)"),
     tls_bad("tls_without_peer_node_name", 'node_name = "dom0-a"\n', "",
-            "peer.node_name: missing required key: under TLS the peer is authenticated by the name its "
-            "certificate carries"),
-    Bad("tls_not_a_boolean", with_peer('tls = "no"').replace("tls = false\n", ""),
+            "peer.node_name: missing required key: under TLS (peer.tls) the peer is authenticated by the "
+            "name its certificate carries"),
+    Bad("tls_not_a_boolean", edited("tls = false\n", "", with_peer('tls = "no"')),
         "peer.tls: must be true or false (got string 'no')"),
+    Bad("nbd_tls_without_tls_table", edited("nbd_tls = false\n", ""),
+        "tls: missing required table: NBD is TLS unless domain[0].nbd_tls = false (plaintext, insecure); "
+        "give ca, certificate and key (colod make-certs makes a lab's)"),
+    Bad("nbd_tls_without_peer_node_name",
+        edited("nbd_tls = false\n", "", edited('node_name = "dom0-a"\n', "tls = false\n", TLS)),
+        "peer.node_name: missing required key: under TLS (domain[0].nbd_tls) the peer is authenticated "
+        "by the name its certificate carries", certificates=True),
+    Bad("nbd_tls_not_a_boolean", edited("nbd_tls = false", 'nbd_tls = "off"'),
+        "domain[0].nbd_tls: must be true or false (got string 'off')"),
+    Bad("nbd_tls_for_xen", edited('name = "guest1"\n', 'name = "guest1"\nnbd_tls = true\n', XEN),
+        "domain[0].nbd_tls: not for a Xen domain ([domain.xen]): Debian's Xen QEMU has no block replication "
+        "(docs/xen.md)"),
     tls_bad("tls_unknown_key", "[tls]\n", f'[tls]\ncafile = "{DIR}/ca.pem"\n', "tls.cafile: unknown key"),
     tls_bad("tls_ca_missing", TLS_FILES[0], f'ca = "{DIR}/missing.pem"',
             f"tls.ca: '{DIR}/missing.pem' cannot be read: No such file or directory"),
@@ -331,11 +343,11 @@ BAD = [
     Bad("failover_fence_relative", failover('policy = "fence"\nfence_command = ["fence_ipmilan"]'),
         "failover.fence_command: must start with the program's absolute path (got ['fence_ipmilan'])"),
     Bad("failover_fence_missing_program", failover(f'policy = "fence"\nfence_command = ["{DIR}/agent"]'),
-        f"failover.fence_command: {DIR}/agent is not an executable file on this host: no takeover could "
-        f"ever be fenced (got ['{DIR}/agent'])"),
+        f"failover.fence_command: {DIR}/agent does not exist on this host: no takeover could ever be "
+        f"fenced (got ['{DIR}/agent'])"),
     Bad("failover_fence_not_executable", failover(f'policy = "fence"\nfence_command = ["{DIR}/agent"]'),
-        f"failover.fence_command: {DIR}/agent is not an executable file on this host: no takeover could "
-        f"ever be fenced (got ['{DIR}/agent'])", make=(("agent", "file"),)),
+        f"failover.fence_command: {DIR}/agent is not an executable file: no takeover could ever be fenced "
+        f"(got ['{DIR}/agent'])", make=(("agent", "file"),)),
     Bad("failover_fence_empty_argument", failover('policy = "fence"\nfence_command = ["/bin/true", ""]'),
         "failover.fence_command: must be a list of non-empty strings, the program first "
         "(got ['/bin/true', ''])"),

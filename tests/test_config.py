@@ -7,11 +7,16 @@ refuse, and the checks (colod.endpoints) met in process.
 
 from __future__ import annotations
 
+import datetime
 import os
 import tomllib
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from colod import config, tap
 from colod.endpoints import client_problem, host_problem, server_problem
@@ -49,6 +54,7 @@ name = "guest1"
 qmp_socket = "/run/guest1.qmp"
 nbd_host = "127.0.0.1"
 nbd_port = 8889
+nbd_tls = false
 
 [[domain.disk]]
 name = "xvda"
@@ -119,7 +125,7 @@ class ExampleConfigTests(ScratchTestCase):
             failover=config.FailoverConfig(PolicyName.MANUAL),
             domains=(config.DomainConfig(
                 name="guest1", qmp_socket="/var/run/xen/qmp-libxl-1", nbd_host="192.0.2.11",
-                nbd_port=8889, disks=(disk,),
+                nbd_port=8889, disks=(disk,), nbd_tls=config.NbdTLS(peer="dom0-a"),
             ),),
             tls=config.TLSConfig(ca=str(tls.ca), certificate=str(tls.certificate), key=str(tls.key)),
         ))
@@ -234,3 +240,35 @@ def test_hosts(host: str, problem: str | None) -> None:
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+def test_nbd_tls_needs_the_subject_qemu_checks(tmp_path: Path) -> None:
+    """Under NBD's TLS, this node's certificate must have the subject CN=<node_name> alone, which the peer's
+    NBD server lets in; a certificate of the CA for the node but with more in its subject is refused in one
+    line (the peer link, which checks the DNS name, would take it), and taken with nbd_tls = false."""
+    authority = certs.ours()
+    ca_key = serialization.load_pem_private_key((authority / "ca-key.pem").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((authority / "ca-cert.pem").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "dom0-b")])
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("dom0-b")]), critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    tls = (f'[tls]\nca = "{authority}/ca-cert.pem"\ncertificate = "{tmp_path}/cert.pem"\n'
+           f'key = "{tmp_path}/key.pem"\n')
+    text = edited("tls = false\n", 'node_name = "dom0-a"\n') + tls
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(tomllib.loads(edited("nbd_tls = false\n", "", text)), "tls.toml")
+    assert str(caught.value) == (
+        f"tls.toml: tls.certificate: '{tmp_path}/cert.pem' has the subject 'CN=dom0-b,O=Example'; NBD's TLS "
+        "lets the peer in by its subject, which must be exactly 'CN=dom0-b' (or domain[0].nbd_tls = false, "
+        "plaintext, insecure)")
+    assert config.parse(tomllib.loads(text), "tls.toml").domains[0].nbd_tls is None

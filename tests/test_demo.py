@@ -10,7 +10,8 @@ from tests.rig import ScratchTestCase
 
 class DemoTests(ScratchTestCase):
     def test_demo_passes(self) -> None:
-        """The demo exits 0, ends with its one-line summary, and showed checkpoints and a takeover."""
+        """The demo exits 0, ends with its one-line summary, and showed NBD's TLS refusing strangers,
+        checkpoints and a takeover."""
         out = subprocess.run(
             [sys.executable, "-m", "colod.testing.demo", "--workdir", str(self.workdir)],
             capture_output=True, text=True, timeout=120,
@@ -18,5 +19,7 @@ class DemoTests(ScratchTestCase):
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
         self.assertTrue(out.stdout.splitlines()[-1].startswith("demo: PASSED: "), out.stdout)
         self.assertIn("demo: checkpoints ", out.stdout)
+        self.assertIn("demo: NBD is TLS too: the secondary's QEMU lets in only host-a's certificate; it "
+                      "refused a plaintext client", out.stdout)
         self.assertIn("the secondary took over", out.stdout)
         self.assertIn("memory and disk match", out.stdout)

@@ -101,9 +101,10 @@ class DaemonTests(QemuTestCase):
         output = self.wait_for_log(log, "connected to QEMU 7.2")
         self.assertIn("AsyncioSelectorReactor", output)
         self.assertIn("colod starting as secondary on node dom0-b with 1 domain(s)", output)
-        # tests.test_config.GOOD's link is plaintext, which is said at start (a TLS lab's is not:
-        # tests.engine.test_hostile_peer).
+        # tests.test_config.GOOD's link and NBD are plaintext, which is said at start (a TLS lab's
+        # are not: tests.engine.test_hostile_peer).
         self.assertIn("INSECURE: the peer link is plaintext (peer.tls = false in ", output)
+        self.assertIn("INSECURE: domain guest1's NBD is plaintext (domain[0].nbd_tls = false in ", output)
         self.assert_clean_stop(daemon, log, signal.SIGTERM)
         # The daemon closed its QMP connection; QEMU itself is untouched and still answers.
         self.assertTrue(qemu.running())

@@ -127,6 +127,26 @@ MUTANTS = (
          "tests/protocol/test_peer.py::PeerLinkTests::test_truncated_stream"),
     ),
     Mutant(
+        "nbd-tls-off-by-default",
+        "a domain's NBD is plaintext unless the file asks for TLS",
+        (("colod/config.py", 'table.take("nbd_tls", bool, True)', 'table.take("nbd_tls", bool, False)'),),
+        ("tests/devices/test_cli.py::QemuArgsCommandTests::test_nbd_tls_objects_and_their_files",
+         "tests/test_bad_config.py::test_refused_in_one_line[nbd_tls_without_tls_table]"),
+    ),
+    Mutant(
+        "nbd-server-lets-any-certificate-in",
+        "the secondary's NBD server requires TLS but not the primary's certificate (no tls-authz)",
+        (("colod/devices/nbd_tls.py", '{"tls-creds": CREDS, "tls-authz": AUTHZ}', '{"tls-creds": CREDS}'),),
+        ("tests/devices/test_nbd_tls.py::NbdTLSTests::test_only_the_primarys_certificate_gets_in",),
+    ),
+    Mutant(
+        "nbd-tls-objects-unchecked",
+        "the disks' setup trusts that QEMU was started with the NBD TLS objects",
+        (("colod/devices/nbd_tls.py", "    if domain.nbd_tls is None:\n        return\n",
+          "    if True:\n        return\n"),),
+        ("tests/devices/test_nbd_tls.py::NbdTLSTests::test_a_qemu_without_the_objects_is_refused_by_name",),
+    ),
+    Mutant(
         "async-test-passes-unrun",
         "the test runner lets a plain test return a coroutine or a Deferred",
         (("tests/conftest.py", "    if result is not None:\n", "    if False:\n"),),

@@ -5,7 +5,9 @@ Setup adds, per disk, a ``replication`` node in primary mode over an NBD
 client connected to the secondary's export (``blockdev-add``; no HMP
 ``drive_add``), attaches it to the disk's quorum with ``x-blockdev-change``,
 and then starts replication once for the process.  The secondary must be
-ready first: the NBD client connects as it is added.
+ready first: the NBD client connects as it is added, under TLS unless the
+configuration says otherwise, to a server whose certificate names the
+secondary (colod.devices.nbd_tls).
 
 Removing a child uses the edge name read from the block graph, never an
 assumed ``children.1``.  drop_secondary first yanks the NBD clients out of
@@ -19,6 +21,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from colod.devices.interfaces import ICheckpointDevice
+from colod.devices.nbd_tls import check_objects, client_arguments
 from colod.devices.replication import ReplicatedDisks, block_graph
 from colod.qemu_args import DiskNodes
 from colod.qmp import QMPCommandError
@@ -34,6 +37,7 @@ class PrimaryDisks(ReplicatedDisks):
         return Deferred.fromCoroutine(self._setup())
 
     async def _setup(self) -> None:
+        await check_objects(self.qmp, self.context.domain, self.context.role)
         await self._each("setup", self._attach)
         await self._start_replication()
 
@@ -44,6 +48,7 @@ class PrimaryDisks(ReplicatedDisks):
             "file": {
                 "driver": "nbd", "node-name": n.nbd, "export": n.export,
                 "server": {"type": "inet", "host": domain.nbd_host, "port": str(domain.nbd_port)},
+                **client_arguments(domain),
             },
         })
         await self.qmp.execute("x-blockdev-change", {"parent": n.quorum, "node": n.replication})

@@ -4,6 +4,8 @@
 The disks, overlays and replication nodes are on QEMU's command line
 (colod.qemu_args); setup starts one NBD server for the domain, exports each
 disk under its export name, then starts replication once for the process.
+The server is TLS unless the configuration says otherwise, and lets in only
+the primary's certificate (colod.devices.nbd_tls).
 
 Failover stops the NBD server first, so that a primary that is only half dead
 can no longer write, then stops replication with ``failover: true`` (libxl
@@ -37,6 +39,7 @@ from zope.interface import implementer
 
 from colod.devices.errors import DeviceError
 from colod.devices.interfaces import DeviceContext, ICheckpointDevice
+from colod.devices.nbd_tls import check_objects, server_arguments
 from colod.devices.replication import BlockGraph, ReplicatedDisks, block_graph, wait_for
 from colod.qemu_args import DiskNodes
 from colod.qmp import QMPCommandError
@@ -88,6 +91,7 @@ class SecondaryDisks(ReplicatedDisks):
         return Deferred.fromCoroutine(self._setup())
 
     async def _setup(self) -> None:
+        await check_objects(self.qmp, self.context.domain, self.context.role)  # before changing anything
         running = await self._reclaim()
         await self._start_server()
         await self._each("setup", self._export)
@@ -139,7 +143,8 @@ class SecondaryDisks(ReplicatedDisks):
         self._server = True
         try:
             await self.qmp.execute("nbd-server-start", {"addr": {
-                "type": "inet", "data": {"host": domain.nbd_host, "port": str(domain.nbd_port)}}})
+                "type": "inet", "data": {"host": domain.nbd_host, "port": str(domain.nbd_port)}},
+                **server_arguments(domain)})
         except QMPCommandError:
             self._server = False  # QEMU refused: no server of ours (maybe someone else's)
             raise

@@ -3,7 +3,8 @@
 
 Two nodes (colod.testing.lab) each get a QEMU started from ``colod qemu-args`` and a
 ``twistd colod`` daemon, linked over mutual TLS with the lab's certificates
-(``colod make-certs``); once the first checkpoint is complete, the guest
+(``colod make-certs``), the disks replicated over NBD under TLS with the same
+ones (a stranger's NBD client is shown refused); once the first checkpoint is complete, the guest
 writer changes the primary's disk and memory.  The demo shows checkpoints
 going by, then kills the primary's QEMU, daemon and guest at once, as a host
 loss would, times the secondary's takeover and checks that the secondary's
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from colod.testing.lab import Lab, LabError
+from colod.testing.nbd_client import client_files, open_export
 from colod.testing.qemu_process import QemuStartError
 
 #: How long the demo shows checkpoints going by, and how often it reports them.
@@ -50,6 +52,24 @@ def _show_checkpoints(lab: Lab) -> dict[str, object]:
             return status
 
 
+def _show_nbd_tls(lab: Lab) -> None:
+    """The disks' NBD is TLS with the same certificates: the secondary's QEMU refuses a stranger's client."""
+    if f"NBD is TLS: the NBD server lets in only CN={lab.primary.name}" not in lab.secondary.logs():
+        raise LabError("the secondary does not say that its NBD server is TLS, for the primary alone")
+    export = f"{lab.domain}-xvda"
+    attempt = open_export(lab.nbd_port, export)
+    if attempt.ok:
+        raise LabError(f"a plaintext NBD client opened the secondary's export {export}")
+    stranger = lab.tls_files(lab.secondary)  # the right CA, but the secondary's own name
+    files = client_files(lab.workdir / "stranger", stranger[0], stranger[1], stranger[2])
+    other = open_export(lab.nbd_port, export, files, lab.secondary.name)
+    if other.ok:
+        raise LabError(f"a client with {lab.secondary.name}'s certificate opened the export {export}")
+    say(f"NBD is TLS too: the secondary's QEMU lets in only {lab.primary.name}'s certificate; it refused a "
+        f"plaintext client ({attempt.output.splitlines()[0].rpartition(': ')[2]}) and one with "
+        f"{lab.secondary.name}'s certificate")
+
+
 def run(lab: Lab) -> str:
     """Run the demo on ``lab``; returns the summary of a pass.  @raise LabError: what failed."""
     say(f"two nodes in {lab.workdir}: {lab.disk_size >> 20} MiB disks, "
@@ -67,6 +87,7 @@ def run(lab: Lab) -> str:
     if "the peer link is mutual TLS" not in lab.secondary.logs():
         raise LabError("the secondary does not say that its peer link is mutual TLS")
     say(f"the peer link is mutual TLS, with certificates `colod make-certs` made in {lab.certs_dir}")
+    _show_nbd_tls(lab)
     lab.start_writer(WRITER_INTERVAL)
     say("the guest writer runs on the primary: random disk blocks and memory pages, its count in page 0")
     status = _show_checkpoints(lab)

@@ -4,7 +4,8 @@
 Each node has its own directory with its disk (filled with a known byte), its
 overlays, its memory image, its configuration, a QEMU started from what
 ``colod qemu-args`` prints, and a ``twistd colod`` daemon.  The two daemons link
-over mutual TLS with certificates ``colod make-certs`` made for the lab.  The guest writer
+over mutual TLS with certificates ``colod make-certs`` made for the lab, and the
+primary's QEMU writes to the secondary's over NBD under TLS with the same ones.  The guest writer
 (colod.testing.writer) plays the guest on the primary, so any node's disk and
 memory image can be checked against what it had done.
 
@@ -298,7 +299,8 @@ class Lab:
     disk_size: int = 8 * MiB
     memory_pages: int = 1024
     seed: int = 1
-    #: Mutual TLS on the link (the default); False for an explicit plaintext link (``peer.tls = false``).
+    #: Mutual TLS on the link and on NBD (the default, which the files leave to colod's defaults); False for
+    #: both plaintext, as the files say explicitly (``peer.tls = false``, ``nbd_tls = false``).
     tls: bool = True
     #: The ``[failover]`` table's lines: the lab's failover tests kill a primary and expect a takeover.
     failover: str = 'policy = "heartbeat-only"'
@@ -391,6 +393,7 @@ name = "{self.domain}"
 qmp_socket = "{node.qmp_socket}"
 nbd_host = "127.0.0.1"
 nbd_port = {self.nbd_port}
+{"" if self.tls else "nbd_tls = false"}
 memory_image = "{node.memory}"
 {device_model}
 [[domain.disk]]

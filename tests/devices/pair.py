@@ -29,9 +29,12 @@ from colod.qmp import QMPConnection
 from colod.role import Role
 from colod.testing.lab import free_port
 from colod.testing.qemu_process import QemuProcess
+from tests import certs
 from tests.rig import QemuTestCase, sleep
 
 MiB = 1 << 20
+#: Each role's node (tests.certs makes their certificates).
+NODES = {Role.PRIMARY: "host-a", Role.SECONDARY: "host-b"}
 SIZE = 8 * MiB
 # Group deadline: generous for a loaded 2-core machine, far below trial's 120 s.
 TIMEOUT = 15.0
@@ -145,15 +148,23 @@ class ReplicationTestCase(QemuTestCase):
                                 str(overlay_size)], check=True, timeout=30)
 
     def write_config(self, role: str, disks: Iterable[int], quorum_nodes: dict[int, str] | None = None,
-                     name: str = "") -> Path:
-        """A colod.toml for ``role`` with the given disks of one domain."""
+                     name: str = "", nbd_tls: bool = True, node: str | None = None) -> Path:
+        """A colod.toml for ``role`` with the given disks of one domain.
+
+        The nodes are NODES' (``node`` for another of tests.certs'), with their certificates; NBD is
+        under TLS, colod's default, unless ``nbd_tls`` is False (the peer link is not used here).
+        """
         quorum_nodes = quorum_nodes or {}
+        node = node or NODES[role]
+        peer = NODES[Role.SECONDARY if role == Role.PRIMARY else Role.PRIMARY]
         lines = [
-            "[colod]", f'role = "{role}"', 'node_name = "test"',
-            "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"', "tls = false",
+            "[colod]", f'role = "{role}"', f'node_name = "{node}"',
+            f'state_dir = "{self.workdir}/{role}-state"',
+            "[peer]", 'listen = "tcp:9000"', 'connect = "tcp:host=127.0.0.1:port=9000"',
+            f'node_name = "{peer}"', certs.files(node).toml(),
             "[failover]", 'policy = "manual"',
             "[[domain]]", 'name = "guest"', f'qmp_socket = "{self.workdir}/unused.qmp"',
-            'nbd_host = "127.0.0.1"', f"nbd_port = {self.port}",
+            'nbd_host = "127.0.0.1"', f"nbd_port = {self.port}", "" if nbd_tls else "nbd_tls = false",
         ]
         for i in disks:
             lines += [

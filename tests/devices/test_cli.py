@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from twisted.trial import unittest
 
 from colod import cli
 from colod.qemu_args import qemu_args
-from tests.devices.pair import ReplicationTestCase
+from tests import certs
+from tests.devices.pair import NODES, ReplicationTestCase
 from tests.devices.test_group import domain
 from tests.test_config import XEN
 
@@ -39,10 +41,51 @@ class QemuArgsCommandTests(ReplicationTestCase):
         self.assertEqual([shlex.split(line) for line in lines[:3]], [
             ["-machine", "suppress-vmdesc=on"], ["-global", "migration.send-configuration=off"],
             ["-global", "apic-common.vapic=off"]])
-        self.assertEqual([shlex.split(line)[0] for line in lines[3:]], ["-blockdev", "-blockdev"])
+        self.assertEqual([shlex.split(line)[0] for line in lines[3:]], ["-blockdev", "-blockdev", "-object"])
         self.assertEqual(json.loads(shlex.split(lines[4])[1]), {
             "driver": "quorum", "node-name": "colo-disk0", "vote-threshold": 1, "read-pattern": "fifo",
             "children": ["colod0-disk"]})
+
+    def test_nbd_tls_objects_and_their_files(self) -> None:
+        """Under NBD's TLS (the default): the primary's QEMU gets client credentials, the secondary's
+        server credentials and the authorization of the primary's subject alone; both from
+        <state_dir>/qemu-tls (mode 0700), QEMU's names linking to the [tls] files; a second run
+        changes nothing."""
+        objects = {}
+        for role in ("primary", "secondary"):
+            path = self.write_config(role, [0])
+            status, out, err = self.run_cli("qemu-args", "--role", role, "--config", str(path))
+            self.assertEqual((status, err), (0, ""))
+            objects[role] = [json.loads(shlex.split(line)[1]) for line in out.splitlines()
+                             if line.startswith("-object")]
+            directory = self.workdir / f"{role}-state" / "qemu-tls"
+            self.assertEqual(stat.S_IMODE(directory.stat().st_mode), 0o700)
+            files = certs.files(NODES[role])
+            self.assertEqual({p.name: p.readlink() for p in directory.iterdir()}, {
+                "ca-cert.pem": files.ca, "server-cert.pem": files.certificate, "server-key.pem": files.key,
+                "client-cert.pem": files.certificate, "client-key.pem": files.key})
+            self.assertEqual(self.run_cli("qemu-args", "--role", role, "--config", str(path))[:2], (0, out))
+        creds = {"qom-type": "tls-creds-x509", "id": "colod-nbd-tls", "verify-peer": True}
+        self.assertEqual(objects, {
+            "primary": [{**creds, "dir": f"{self.workdir}/primary-state/qemu-tls", "endpoint": "client"}],
+            "secondary": [{**creds, "dir": f"{self.workdir}/secondary-state/qemu-tls", "endpoint": "server"},
+                          {"qom-type": "authz-simple", "id": "colod-nbd-authz", "identity": "CN=host-a"}]})
+
+    def test_an_unusable_state_dir_exits_1(self) -> None:
+        """QEMU's TLS directory cannot be made: one line naming the key, the directory and why."""
+        path = self.write_config("secondary", [0])
+        (self.workdir / "secondary-state").write_text("a file, not a directory")
+        status, out, err = self.run_cli("qemu-args", "--role", "secondary", "--config", str(path))
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"colod: error: {path}: colod.state_dir: '{self.workdir}/secondary-state' "
+                              "is not a directory\n")
+        (self.workdir / "secondary-state").unlink()
+        (self.workdir / "secondary-state").mkdir()
+        (self.workdir / "secondary-state" / "qemu-tls").write_text("a file, not a directory")
+        status, out, err = self.run_cli("qemu-args", "--role", "secondary", "--config", str(path))
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"colod: error: {path}: colod.state_dir: cannot lay out QEMU's NBD TLS files "
+                              f"in {self.workdir}/secondary-state/qemu-tls: File exists\n")
 
     def test_console_script(self) -> None:
         """The installed ``colod`` script prints the same as cli.main."""
@@ -52,7 +95,7 @@ class QemuArgsCommandTests(ReplicationTestCase):
         self.assertEqual((done.returncode, done.stderr), (0, ""))
         in_process = self.run_cli("qemu-args", "--role", "secondary", "--config", str(path))
         self.assertEqual(done.stdout, in_process[1])
-        self.assertEqual(len(done.stdout.splitlines()), 3 + 10)
+        self.assertEqual(len(done.stdout.splitlines()), 3 + 10 + 2)
 
     def test_device_model_arguments(self) -> None:
         """--device-model: the secondary's separate device model, waiting for its state."""

@@ -42,6 +42,7 @@ def domain(disks: int = 2) -> DomainConfig:
         "failover": {"policy": "manual"},
         "domain": [{
             "name": "guest", "qmp_socket": "/run/guest.qmp", "nbd_host": "127.0.0.1", "nbd_port": 9999,
+            "nbd_tls": False,
             "disk": [{"name": f"xvd{c}", "quorum_node": f"q{c}", "image": f"/i/{c}.img",
                       "export_name": f"e{c}", "active_image": f"/i/{c}-a", "hidden_image": f"/i/{c}-h"}
                      for c in "abcd"[:disks]],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 from colod.devices import DeviceFailures, ReplicationError, ReplicationUnusable
+from colod.devices.nbd_tls import client_arguments
 from colod.qmp import QMPCommandError
 from tests.devices.pair import MiB, ReplicationTestCase, Side, port_open
 from tests.rig import async_test
@@ -101,7 +102,8 @@ class SetupFailureTests(ReplicationTestCase):
         await primary.qmp.execute("blockdev-add", {
             "driver": "replication", "node-name": "foreign", "mode": "primary",
             "file": {"driver": "nbd", "export": "guest-xvda",
-                     "server": {"type": "inet", "host": "127.0.0.1", "port": str(self.port)}}})
+                     "server": {"type": "inet", "host": "127.0.0.1", "port": str(self.port)},
+                     **client_arguments(primary.domain)}})
         await primary.qmp.execute("xen-set-replication", {"enable": True, "primary": True})
         failure = await self.failed_setup(primary)
         error = failure.failures["xvda"]

@@ -19,6 +19,7 @@ import time
 
 from colod.protocol.handshake import Hello, Role
 from colod.testing.lab import BIN, Lab, Poll, listening
+from colod.testing.nbd_client import open_export
 from tests import certs
 from tests.cluster import ClusterTestCase, wait
 from tests.rig import async_test
@@ -81,3 +82,8 @@ class HostilePeerTests(ClusterTestCase):
         self.assertRegex(lab.secondary.logs(), r"linked with primary host-a at 127\.0\.0\.1:\d+")
         for node in lab.nodes:
             self.assertNotIn("INSECURE", node.logs())
+        # The disks' NBD is TLS too: the secondary's real QEMU refuses a plaintext client.
+        self.assertIn("domain lab: NBD is TLS: the NBD server lets in only CN=host-a", lab.secondary.logs())
+        refused = open_export(lab.nbd_port, f"{lab.domain}-xvda")
+        self.assertFalse(refused.ok, refused.output)
+        self.assertIn("TLS negotiation required", refused.output)
