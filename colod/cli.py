@@ -5,6 +5,10 @@
 colod needs: the device-model options, then one ``-blockdev`` per configured
 disk part, an option and its value per line, shell-quoted.
 
+``colod check-config FILE [--role ROLE]`` validates FILE exactly as
+``twistd colod`` does before it starts anything (for systemd's
+``ExecStartPre=``): one line naming the file, the key and the problem.
+
 ``colod make-certs --dir DIR NODE...`` makes a lab's CA and a certificate for
 each node (colod.certs) and prints each node's ``[tls]`` keys.
 
@@ -20,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from colod import certs, config, tls
+from colod import certs, config, tap, tls
 from colod.config import ConfigError
 from colod.qemu_args import device_model_args, qemu_args
 from colod.role import Role
@@ -42,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     args.add_argument("--device-model", action="store_true",
                       help="secondary without Xen: the arguments of the separate device-model QEMU "
                       "(device_model_socket), which waits with -incoming defer, instead")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file exactly as the daemon does",
+        description="Validate FILE exactly as twistd colod does before it starts anything; print one line "
+        "saying it is good, or naming the key and the problem (exit status 1).")
+    check.add_argument("file", metavar="FILE", help="the configuration to check")
+    check.add_argument("--role", choices=[role.value for role in Role],
+                       help="the role the daemon will be given with --role (default: the file's)")
     make = commands.add_parser(
         "make-certs", help="make a lab's CA and a certificate for each node (not for production)",
         description="Make a CA in DIR (or reuse the one there) and, for each NODE, a directory DIR/NODE "
@@ -90,12 +101,21 @@ def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> 
     print("\n".join(shlex.join(args[i:i + 2]) for i in range(0, len(args), 2)))
 
 
+def _check_config(options: argparse.Namespace) -> None:
+    loaded = tap.load(options.file, options.role)
+    domains = ", ".join(domain.name for domain in loaded.domains)
+    print(f"{loaded.path}: good: {loaded.role} {loaded.node_name} protecting {domains}; "
+          f"control socket {loaded.control_socket}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     options = parser.parse_args(argv)
     try:
         if options.command == "make-certs":
             _make_certs(parser, options)
+        elif options.command == "check-config":
+            _check_config(options)
         else:
             _qemu_args(parser, options)
     except (ConfigError, certs.CertError) as e:

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
@@ -307,6 +308,11 @@ def _end_replication(machine: SecondaryInputs, engine: SecondaryEngine, reason: 
     _end_without_takeover(machine, engine, f"replication ended: {describe(reason)}", None)
 
 
+@_machine.upon(_STANDING_BY, _I.drop_requested, Ending)
+def _drop_on_request(machine: SecondaryInputs, engine: SecondaryEngine, reason: str) -> None:
+    _end_without_takeover(machine, engine, reason, ReplicationEndReason.SHUTDOWN, LogLevel.warn)
+
+
 @_machine.upon(_STANDING_BY, _I.step_failed, Ending)
 def _give_up(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
     _end_without_takeover(machine, engine, f"replication failed here: {reason.getErrorMessage()}",
@@ -314,10 +320,11 @@ def _give_up(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure)
 
 
 def _end_without_takeover(machine: SecondaryInputs, engine: SecondaryEngine, error: str,
-                          code: ReplicationEndReason | None) -> None:
+                          code: ReplicationEndReason | None, level: LogLevel = LogLevel.error) -> None:
     """The primary may well run its guest: forget it (telling it ``code``), and tear replication down."""
     engine.error = error
-    engine.log.error("domain {domain}: {error}; not taking over", domain=engine.domain.name, error=error)
+    engine.log.emit(level, "domain {domain}: {error}; not taking over", domain=engine.domain.name,
+                    error=error)
     engine._leave(code)
     engine.run_step(engine.devices.teardown, machine.torn_down)
 

@@ -129,6 +129,7 @@ APPLY: dict[str, Callable[[Harness], None]] = {
     "step_failed": Harness.step_fails,
     "qemu_lost": lambda h: h.engine.qemu_lost("QEMU exited"),
     "stop": lambda h: h.engine.shutdown() and None,
+    "drop_requested": lambda h: h.engine.drop(),
 }
 
 _P = PrimaryState
@@ -234,6 +235,14 @@ def _first_checkpoint_done(case: TransitionTests, h: Harness) -> None:
     _published(protected=True, checkpoints=1)(case, h)
 
 
+def _runs(name: str) -> Check:
+    """``name`` is called, once the step under way (if any) has ended."""
+    def check(case: TransitionTests, h: Harness) -> None:
+        h.world.finish()
+        case.assertIn(name, h.world.calls[len(case.before[0]):])
+    return check
+
+
 def _all(*checks: Check) -> Check:
     def check(case: TransitionTests, h: Harness) -> None:
         for each in checks:
@@ -280,6 +289,8 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
         checks[state, "step_failed"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "replication failed here")
         checks[state, "qemu_lost"] = _ended("closed", "the guest's QEMU is gone")
         checks[state, "stop"] = _ended(ReplicationEndReason.SHUTDOWN, "colod stopped")
+        checks[state, "drop_requested"] = _all(_ended(ReplicationEndReason.SHUTDOWN, "dropped on request"),
+                                               _runs("devices.drop_secondary"))
     for state in (_P.DROPPING_SECONDARY, _P.UNPROTECTED):
         checks[state, "secondary_lost"] = _nothing_more
         checks[state, "qemu_lost"] = _ended(None, "the guest's QEMU is gone")
@@ -330,6 +341,8 @@ def _secondary_checks() -> dict[tuple[str, str], Check]:
         checks[state, "step_failed"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "replication failed here")
         checks[state, "qemu_lost"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "this node's QEMU is gone")
         checks[state, "stop"] = _ended(ReplicationEndReason.SHUTDOWN, "colod stopped")
+        checks[state, "drop_requested"] = _all(_ended(ReplicationEndReason.SHUTDOWN, "dropped on request"),
+                                               _runs("devices.teardown"))
     for state in uncommitted:
         link_end = None if state is _S.WAITING_FOR_PRIMARY else ReplicationEndReason.LOCAL_FAILURE
         checks[state, "qemu_lost"] = _ended(link_end, "this node's QEMU is gone")
