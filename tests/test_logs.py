@@ -3,22 +3,22 @@ engine errors, and the publisher given back as it was."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger, LogLevel, LogPublisher, eventsFromJSONLogFile
-from twisted.trial.unittest import SynchronousTestCase
 
 from colod.config import LogConfig
 from colod.logs import LogControl
+from tests.rig import ScratchTestCase
 
 
-class LogControlTests(SynchronousTestCase):
+class LogControlTests(ScratchTestCase):
     def setUp(self) -> None:
+        super().setUp()
         self.publisher = LogPublisher()
         self.seen: list[dict[str, Any]] = []
         self.publisher.addObserver(self.seen.append)  # stands in for twistd's text log
-        self.json = Path(self.mktemp())
+        self.json = self.workdir / "colod.json"
         fields = {"lab": {"role": "primary", "epoch": 2, "checkpoint": 41}}
         self.logs = LogControl(LogConfig(level="info", json=str(self.json)),
                                lambda name: fields.get(name, {}), self.publisher)
@@ -69,7 +69,7 @@ class LogControlTests(SynchronousTestCase):
         self.assertEqual(self.publisher._observers, [self.seen.append])
 
     def test_an_unusable_json_file_is_one_line(self) -> None:
-        logs = LogControl(LogConfig(json=self.mktemp() + "/missing/colod.json"), lambda name: {},
+        logs = LogControl(LogConfig(json=str(self.workdir / "missing" / "colod.json")), lambda name: {},
                           LogPublisher())
         self.assertRegex(logs.open() or "",
                          r"^log\.json: cannot open .*/missing/colod\.json: No such file or directory$")

@@ -8,6 +8,7 @@ bad requests to a real primary daemon protecting its guest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ from twisted.python.failure import Failure
 from colod.control.protocol import VERSION, Command, ErrorCode, Request, RequestError
 from colod.control.server import ControlServer, Limits
 from colod.testing.lab import Poll
-from tests.cluster import wait
+from tests.cluster import ClusterTestCase, wait
 from tests.rig import ScratchTestCase, async_test, sleep
 
 #: A status result of some size, so that unread responses fill a socket soon.
@@ -199,3 +200,70 @@ class ServerTests(ScratchTestCase):
         client = await self.connect()
         await wait(Poll(lambda: client.closed.called or None, 5.0, "the idle client dropped"))
         self.assertEqual(client.responses[0]["error"]["code"], "timeout")
+
+
+def raw_client(path: str) -> socket.socket:
+    """A plain socket to a daemon's control socket, never blocking the test's reactor for long."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(5.0)
+    client.connect(path)
+    return client
+
+
+def answer(client: socket.socket) -> dict[str, Any]:
+    """The next response line (one recv holds one of these short ones)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = client.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return dict(json.loads(data))
+
+
+class BadClientsTests(ClusterTestCase):
+    """Bad requests and a client that never reads, on the control socket of a real primary daemon while it
+    protects its guest: each is answered or dropped, and checkpoints go on meanwhile at their pace."""
+
+    @async_test
+    async def test_bad_clients_do_not_hold_checkpoints_up(self) -> None:
+        lab = await self.start_cluster()
+        path = str(lab.primary.control_socket)
+        before = lab.primary.status()
+        # A client that never reads, its socket soon full of unread answers.
+        silent = raw_client(path)
+        self.addCleanup(silent.close)
+        silent.setblocking(False)
+        flood = request("status") + b"\n"
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while sent < 20000:
+                silent.send(flood)
+                sent += 1
+        # Garbage, unknown commands and huge lines, each answered by name.
+        client = raw_client(path)
+        self.addCleanup(client.close)
+        for line, code in ((b"\x00garbage\xff", "bad-request"), (request("reboot"), "unknown-command"),
+                           (b'{"version": 9, "command": "status"}', "unsupported-version"),
+                           (request("checkpoint"), "bad-request"),
+                           (request("checkpoint", domain="nope"), "unknown-domain")):
+            client.sendall(line + b"\n")
+            self.assertEqual(answer(client)["error"]["code"], code, line)
+        client.sendall(request("status") + b"\n")
+        self.assertTrue(answer(client)["result"]["domains"][0]["protected"])
+        huge = raw_client(path)
+        self.addCleanup(huge.close)
+        with contextlib.suppress(OSError):  # the daemon may close before all of it is sent
+            huge.sendall(b"x" * (1 << 20))
+        self.assertEqual(answer(huge)["error"]["code"], "line-too-long")
+        self.assertEqual(huge.recv(1), b"")
+        # Meanwhile, and for the next seconds, checkpoints go on; then the silent one is dropped.
+        started = time.monotonic()
+        await wait(lab.until_checkpoints(before["checkpoints"] + 50, 15.0))
+        await wait(Poll(lambda: "dropping a client that left its responses unread" in lab.primary.logs()
+                        or None, 20.0, "the silent client dropped", lab.primary.context))
+        after = lab.primary.status()
+        self.assertTrue(after["protected"])
+        self.assertLess(after["pause_p99_ms"], 1000)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertNotIn("Traceback", lab.primary.logs())

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from colod.engine import primary, secondary
-from colod.engine.core import EngineCore
+from colod.engine.core import EngineCore, RequestRefused
 from colod.engine.machine import Transition
 from colod.engine.primary import CheckpointRefused, PrimaryEngine, PrimaryState
 from colod.engine.secondary import SecondaryEngine, SecondaryState
@@ -468,6 +468,39 @@ class TransitionTests(SynchronousTestCase):
         h.world.finish()
         self.assertEqual((h.engine.state, h.world.calls[-2:]), (_P.UNPROTECTED, ["devices.drop_secondary",
                                                                                 "resume"]))
+
+    def test_paused_checkpoints_wait_for_a_request_or_resume(self) -> None:
+        """Paused, the interval starts no checkpoint; a request still does, and resuming starts one now."""
+        h = Harness(Role.PRIMARY)
+        for input in PRIMARY_PATHS[_P.PROTECTED]:
+            APPLY[input](h)
+        assert isinstance(h.engine, PrimaryEngine)
+        h.engine.pause_checkpoints()
+        self.assertTrue(h.status.written[-1]["checkpoints_paused"])
+        h.clock.advance(INTERVAL * 3)
+        self.assertIs(h.engine.state, _P.PROTECTED)
+        h.request()
+        for input in _REST_OF_ROUND:
+            APPLY[input](h)
+        h.clock.advance(INTERVAL * 3)
+        self.assertEqual((h.engine.state, h.answers, h.engine.checkpoints), (_P.PROTECTED, [2], 2))
+        h.engine.resume_checkpoints()
+        self.assertIs(h.engine.state, _P.SUSPENDING)
+        for input in _REST_OF_ROUND:
+            APPLY[input](h)
+        self.assertEqual(dict(h.engine.triggers), {"first": 1, "request": 2})
+        h.clock.advance(INTERVAL)
+        self.assertIs(h.engine.state, _P.SUSPENDING)
+        self.assert_stops_clean(h)
+
+    def test_what_the_secondary_refuses(self) -> None:
+        """Checkpoints are the primary's to start, pause and resume; failover waits for the manual policy."""
+        h = Harness(Role.SECONDARY)
+        for request in (h.engine.pause_checkpoints, h.engine.resume_checkpoints, h.engine.request_failover):
+            self.assertRaises(RequestRefused, request)
+        self.failureResultOf(h.engine.request_checkpoint(), RequestRefused)
+        self.assertRaisesRegex(RequestRefused, "domain guest is waiting for primary: no replication to drop",
+                               h.engine.drop)
 
 
 def role_of(h: Harness) -> Role:
