@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.devices.test_cli -*-
+# -*- test-case-name: tests.devices.test_cli,tests.test_bad_config,tests.test_tap -*-
 """The ``colod`` command: tools for administrators, next to the ``twistd colod`` daemon.
 
 ``colod qemu-args --role secondary --config FILE`` prints the QEMU arguments
