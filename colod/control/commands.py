@@ -7,6 +7,10 @@ RequestRefused or CheckpointRefused, what it cannot do now: the answer is
 then ``refused`` with the engine's reason.  A checkpoint is answered once it
 is complete, or refused; if it has not begun within the wait (a secondary
 that never comes), ``timeout``.
+
+The devices' health takes QMP calls, which share the QMP connection with the
+checkpoints: it is asked of QEMU at most once every HEALTH_AGE seconds per
+domain, however many clients ask for status meanwhile.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from colod import __version__
 from colod.config import Config
 from colod.control.protocol import VERSION, Command, ErrorCode, Request, RequestError
-from colod.control.status import Domain, domain_status
+from colod.control.status import Domain, device_health, engine_status
 from colod.engine.core import EngineCore, RequestRefused
 from colod.engine.primary import CheckpointRefused
+
+#: Seconds a domain's device health is given again before QEMU is asked anew.
+HEALTH_AGE = 1.0
 
 
 class Commands:
@@ -39,6 +46,9 @@ class Commands:
         self._log_level = log_level
         self._checkpoint_wait = checkpoint_wait
         self._started = clock.seconds()
+        #: Per domain: the last health asked of QEMU and when; the waiters of a query under way.
+        self._health: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._asking: dict[str, list[Deferred[list[dict[str, Any]]]]] = {}
 
     async def __call__(self, request: Request) -> dict[str, Any]:
         """The result of ``request``.  @raise RequestError: why it was not carried out."""
@@ -59,8 +69,29 @@ class Commands:
                       "node": self._config.node_name, "role": self._config.role.value,
                       "config": self._config.path, "started": self._started,
                       "log_level": self._log_level(None)},
-            "domains": [await domain_status(domain, self._config, now) for domain in domains],
+            "domains": [{**engine_status(domain, self._config, now), "devices": await self._devices(domain)}
+                        for domain in domains],
         }
+
+    def _devices(self, domain: Domain) -> Deferred[list[dict[str, Any]]]:
+        """``domain``'s device health: HEALTH_AGE old at most, and one query of QEMU at a time."""
+        name = domain.domain.name
+        asked, health = self._health.get(name, (None, []))
+        if asked is not None and self._clock.seconds() - asked < HEALTH_AGE:
+            return succeed(health)
+        answer: Deferred[list[dict[str, Any]]] = Deferred()
+        if name in self._asking:
+            self._asking[name].append(answer)
+            return answer
+        self._asking[name] = [answer]
+
+        def answered(health: list[dict[str, Any]]) -> None:
+            self._health[name] = (self._clock.seconds(), health)
+            for waiting in self._asking.pop(name):
+                waiting.callback(health)
+
+        Deferred.fromCoroutine(device_health(domain)).addCallback(answered)
+        return answer
 
     async def _engine_request(self, command: Command, engine: EngineCore[Any, Any]) -> dict[str, Any]:
         name = engine.domain.name

@@ -4,9 +4,10 @@
 The engine publishes its status (colod.engine.status: status.json) when
 something that matters changes; the control socket adds what moves between
 two of those and only the live daemon knows: the step under way, the age of
-the last checkpoint, the epoch, the link's round trip, the pause histogram
-since the start and the devices' health.  Every key is always there, null
-when not known (the engine is not built before QEMU is reached).
+the last checkpoint, the epoch, the link's round trip and the pause histogram
+since the start; and, asked of QEMU, the devices' health.  Every key is
+always there, null when not known (the engine is not built before QEMU is
+reached).
 """
 
 from __future__ import annotations
@@ -74,13 +75,12 @@ def engine_status(domain: Domain, config: Config, now: float) -> dict[str, Any]:
     return status
 
 
-async def domain_status(domain: Domain, config: Config, now: float) -> dict[str, Any]:
-    """``domain``'s whole status: engine_status and its devices' health."""
-    status = engine_status(domain, config, now)
-    if domain.engine is not None:
-        status["devices"] = [{"name": health.name, "healthy": health.healthy, "detail": health.detail}
-                             for health in await domain.engine.devices.health()]
-    return status
+async def device_health(domain: Domain) -> list[dict[str, Any]]:
+    """Each device's health, as QEMU reports it (QMP calls, each with the devices' deadline; never fails)."""
+    if domain.engine is None:
+        return []
+    return [{"name": health.name, "healthy": health.healthy, "detail": health.detail}
+            for health in await domain.engine.devices.health()]
 
 
 def buckets(histogram: Histogram) -> list[list[Any]]:
