@@ -13,7 +13,7 @@ from twisted.logger import eventsFromJSONLogFile
 
 from colod.testing.lab import BIN, Node, Poll
 from tests.cluster import ClusterTestCase, wait
-from tests.rig import async_test, sleep
+from tests.rig import ScratchTestCase, async_test, sleep
 
 
 class ColodctlTests(ClusterTestCase):
@@ -181,3 +181,26 @@ class ColodctlTests(ClusterTestCase):
         self.assertNotIn("connecting to QEMU", second.stdout)
         await wait(lab.until_checkpoints(checkpoints + 10, 10.0))
         self.assertTrue(json.loads(self.ctl_ok(lab.primary, "status", "--json"))["domains"][0]["protected"])
+
+
+class WithoutDaemonTests(ScratchTestCase):
+    """What colodctl says when there is no colod to ask: one line, exit status 3 (2 for a usage error)."""
+
+    def colodctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "colodctl"), *args], capture_output=True, text=True, timeout=30)
+
+    def test_no_daemon(self) -> None:
+        socket = self.workdir / "control.sock"
+        done = self.colodctl("--socket", str(socket), "status")
+        self.assertEqual((done.returncode, done.stdout, done.stderr),
+                         (3, "", f"colodctl: cannot reach colod at {socket}: No such file or directory\n"))
+        config = self.workdir / "colod.toml"
+        done = self.colodctl("--config", str(config), "checkpoint", "lab")
+        self.assertEqual((done.returncode, done.stderr),
+                         (3, f"colodctl: cannot find colod's control socket: {config}: cannot read: No such "
+                             "file or directory (or give --socket)\n"))
+
+    def test_usage(self) -> None:
+        for args in ((), ("checkpoint",), ("reboot",), ("--timeout", "0", "status")):
+            done = self.colodctl(*args)
+            self.assertEqual((done.returncode, done.stdout), (2, ""), args)

@@ -15,17 +15,22 @@ import socket
 import stat
 import subprocess
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Clock, LoopingCall
 from twisted.python.failure import Failure
 
+from colod.config import Config
+from colod.control.commands import HEALTH_AGE, Commands
 from colod.control.protocol import VERSION, Command, ErrorCode, Request, RequestError
 from colod.control.server import ControlServer, Limits
+from colod.control.status import Domain
+from colod.devices.interfaces import DeviceHealth
 from colod.testing.lab import Poll
 from tests.cluster import ClusterTestCase, wait
 from tests.rig import ScratchTestCase, async_test, sleep
@@ -99,6 +104,9 @@ class ServerTests(ScratchTestCase):
         self.addCleanup(lambda: client.transport.abortConnection())
         return client
 
+    async def closed(self, client: Client) -> None:
+        await wait(Poll(lambda: client.closed.called or None, 5.0, "the server closing the connection"))
+
     async def responses(self, client: Client, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         await wait(Poll(lambda: len(client.responses) >= count or None, timeout, f"{count} responses"))
         return client.responses
@@ -145,7 +153,7 @@ class ServerTests(ScratchTestCase):
         self.start()
         client = await self.connect()
         client.transport.write(b"{" * (200 << 10))
-        await client.closed
+        await self.closed(client)
         [answer] = client.responses
         self.assertEqual(answer["error"]["code"], "line-too-long")
         self.assertEqual(self.commands.served, 0)
@@ -181,7 +189,7 @@ class ServerTests(ScratchTestCase):
         other = await self.connect()
         other.send(request("status"))
         await self.responses(other, 1, timeout=1.0)
-        await wait(Poll(lambda: silent.closed.called or None, 5.0, "the silent client dropped"))
+        await self.closed(silent)
         self.assertLessEqual(self.commands.served, served + 1)  # the other client's
         self.assertLess(max(b - a for a, b in zip(ticks, ticks[1:], strict=False)), 0.5)
 
@@ -191,14 +199,14 @@ class ServerTests(ScratchTestCase):
         await self.connect()
         await self.connect()
         third = await self.connect()
-        await third.closed
+        await self.closed(third)
         self.assertEqual(third.responses[0]["error"]["code"], "busy")
 
     @async_test
     async def test_a_silent_client_is_dropped(self) -> None:
         self.start(Limits(idle=0.3))
         client = await self.connect()
-        await wait(Poll(lambda: client.closed.called or None, 5.0, "the idle client dropped"))
+        await self.closed(client)
         self.assertEqual(client.responses[0]["error"]["code"], "timeout")
 
 
@@ -267,3 +275,37 @@ class BadClientsTests(ClusterTestCase):
         self.assertLess(after["pause_p99_ms"], 1000)
         self.assertLess(time.monotonic() - started, 30)
         self.assertNotIn("Traceback", lab.primary.logs())
+
+
+class FakeDevices:
+    """Stands in for a domain's DeviceGroup (colod.devices): its health answered when the test says."""
+
+    def __init__(self) -> None:
+        self.asked: list[Deferred[list[DeviceHealth]]] = []
+
+    def health(self) -> Deferred[list[DeviceHealth]]:
+        self.asked.append(Deferred())
+        return self.asked[-1]
+
+
+class HealthTests(ScratchTestCase):
+    """Status floods add no QMP calls: a domain's device health is asked of QEMU once at a time, and given
+    again for HEALTH_AGE (Commands, with a FakeDevices on a stand-in domain and a task.Clock)."""
+
+    def test_one_query_at_a_time_and_reused_for_a_while(self) -> None:
+        clock = Clock()
+        devices = FakeDevices()
+        domain = SimpleNamespace(domain=SimpleNamespace(name="lab"), engine=SimpleNamespace(devices=devices),
+                                 qemu_version=None)
+        commands = Commands(cast(Config, None), [cast(Domain, domain)], clock, lambda level: "info", 1.0)
+        answers = [commands._devices(cast(Domain, domain)) for _ in range(10)]
+        self.assertEqual(len(devices.asked), 1)
+        devices.asked[0].callback([DeviceHealth("xvda", True)])
+        expected = [{"name": "xvda", "healthy": True, "detail": ""}]
+        self.assertEqual([self.successResultOf(answer) for answer in answers], [expected] * 10)
+        clock.advance(HEALTH_AGE / 2)
+        self.assertEqual(self.successResultOf(commands._devices(cast(Domain, domain))), expected)
+        self.assertEqual(len(devices.asked), 1)
+        clock.advance(HEALTH_AGE)
+        commands._devices(cast(Domain, domain))
+        self.assertEqual(len(devices.asked), 2)
