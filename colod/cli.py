@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.devices.test_cli -*-
+# -*- test-case-name: tests.devices.test_cli,tests.test_bad_config,tests.test_tap -*-
 """The ``colod`` command: tools for administrators, next to the ``twistd colod`` daemon.
 
 ``colod qemu-args --role secondary --config FILE`` prints the QEMU arguments
@@ -11,6 +11,10 @@ value per line, shell-quoted.
 an operator's decision after losing its primary (colod.failover.policy),
 to take the guest over; it refuses when the domain's status says no such
 decision is awaited.
+
+``colod check-config FILE [--role ROLE]`` validates FILE exactly as
+``twistd colod`` does before it starts anything (for systemd's
+``ExecStartPre=``): one line naming the file, the key and the problem.
 
 ``colod make-certs --dir DIR NODE...`` makes a lab's CA and a certificate for
 each node (colod.certs) and prints each node's ``[tls]`` keys.
@@ -30,7 +34,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from colod import certs, config, tls
+from colod import certs, config, tap, tls
 from colod.config import ConfigError
 from colod.devices import nbd_tls
 from colod.engine.secondary import SecondaryState
@@ -64,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     failover.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
                           help=f"colod's configuration (default {config.DEFAULT_PATH})")
     failover.add_argument("domain", metavar="DOMAIN", help="the domain's name, as the configuration says")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file exactly as the daemon does",
+        description="Validate FILE exactly as twistd colod does before it starts anything; print one line "
+        "saying it is good, or naming the key and the problem (exit status 1).")
+    check.add_argument("file", metavar="FILE", help="the configuration to check")
+    check.add_argument("--role", choices=[role.value for role in Role],
+                       help="the role the daemon will be given with --role (default: the file's)")
     make = commands.add_parser(
         "make-certs", help="make a lab's CA and a certificate for each node (not for production)",
         description="Make a CA in DIR (or reuse the one there) and, for each NODE, a directory DIR/NODE "
@@ -139,6 +150,13 @@ def _qemu_args(parser: argparse.ArgumentParser, options: argparse.Namespace) -> 
     print("\n".join(shlex.join(args[i:i + 2]) for i in range(0, len(args), 2)))
 
 
+def _check_config(options: argparse.Namespace) -> None:
+    loaded = tap.load(options.file, options.role)
+    domains = ", ".join(domain.name for domain in loaded.domains)
+    print(f"{loaded.path}: good: {loaded.role} {loaded.node_name} protecting {domains}; "
+          f"control socket {loaded.control_socket}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     options = parser.parse_args(argv)
@@ -147,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _make_certs(parser, options)
         elif options.command == "failover":
             _failover(parser, options)
+        elif options.command == "check-config":
+            _check_config(options)
         else:
             _qemu_args(parser, options)
     except (ConfigError, certs.CertError, FailoverError, OSError) as e:

@@ -44,6 +44,10 @@ NODE_PREFIX = "colod"
 _RESERVED_NODE_NAME = re.compile(rf"{NODE_PREFIX}[0-9]+-")
 #: A configuration is a few KiB; more is not one (``--config /dev/zero``).
 MAX_FILE_SIZE = 1 << 20
+#: The longest path a unix socket can be bound at (sockaddr_un's 108 bytes, less the final NUL).
+MAX_SOCKET_PATH = 107
+#: twisted.logger's level names, lowest first: ``[log] level`` and ``colodctl log-level``.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
 class ConfigError(Exception):
@@ -95,6 +99,24 @@ class QMPConfig:
 
     command_timeout: float
     connect_timeout: float
+
+
+@attrs.frozen
+class MetricsConfig:
+    """Prometheus metrics over HTTP (colod.metrics): off unless ``listen`` is given."""
+
+    #: A Twisted server endpoint string, or None: no metrics endpoint.
+    listen: str | None = None
+
+
+@attrs.frozen
+class LogConfig:
+    """What colod logs beside twistd's text log (colod.logs)."""
+
+    #: The lowest level logged (``colodctl log-level`` changes it while colod runs).
+    level: str = "info"
+    #: A file colod appends JSON lines to (twisted.logger's JSON format), or None: none.
+    json: str | None = None
 
 
 @attrs.frozen
@@ -171,6 +193,11 @@ class Config:
     failover: FailoverConfig
     #: None when the file has no ``[tls]`` (allowed only with ``peer.tls = false``).
     tls: TLSConfig | None = None
+    #: The control socket's path (colod.control); by default in state_dir.
+    control_socket: str = attrs.field(
+        default=attrs.Factory(lambda config: default_control_socket(config.state_dir), takes_self=True))
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
 
     def with_role(self, role: Role | str) -> Config:
         """This configuration with the role overridden (``--role``), checked again."""
@@ -180,6 +207,11 @@ class Config:
             raise ConfigError(f"{self.path}: role: must be 'primary' or 'secondary' (got {role!r})") from None
         _check_role_link(changed)
         return changed
+
+
+def default_control_socket(state_dir: str) -> str:
+    """Where the control socket is when ``control_socket`` is not given: ``<state_dir>/control.sock``."""
+    return str(PurePosixPath(state_dir) / "control.sock")
 
 
 _T = TypeVar("_T")
@@ -289,6 +321,13 @@ def _absolute_path(v: str) -> str | None:
     return None if PurePosixPath(v).is_absolute() else "must be an absolute path"
 
 
+def _socket_path(v: str) -> str | None:
+    problem = _absolute_path(v)
+    if problem is None and len(os.fsencode(v)) > MAX_SOCKET_PATH:
+        problem = f"must be at most {MAX_SOCKET_PATH} bytes long, the most a unix socket's path can be"
+    return problem
+
+
 def _node_name(v: str) -> str | None:
     if not _NODE_NAME.match(v):
         return ("must be a QEMU node name: a letter, then letters, digits, '-', '_' or '.', "
@@ -364,6 +403,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
     node_name = colod.take("node_name", str, check=name_problem)
     state_dir = colod.take("state_dir", str, "/var/lib/colod", check=_absolute_path)
     checkpoint_interval = colod.take("checkpoint_interval", float, 5.0, check=_seconds(*CHECKPOINT_INTERVAL))
+    control_socket = colod.take("control_socket", str, default_control_socket(state_dir), check=_socket_path)
     colod.done()
 
     peer_table = top.table("peer")
@@ -397,6 +437,17 @@ def parse(data: dict[str, Any], path: str) -> Config:
     qmp_table.done()
 
     failover = _failover(top)
+
+    metrics_table = top.table("metrics")
+    metrics = MetricsConfig(
+        listen=metrics_table.take("listen", str, None, check=_endpoint(server_problem, "server")))
+    metrics_table.done()
+
+    log_table = top.table("log")
+    log = LogConfig(level=log_table.take("level", str, "info", check=_one_of(LOG_LEVELS)),
+                    json=log_table.take("json", str, None, check=_absolute_path))
+    log_table.done()
+
     domains = tuple(_domain(t, path, node_name, peer, tls) for t in top.tables("domain"))
     top.done()
     if peer.node_name == node_name:
@@ -412,9 +463,14 @@ def parse(data: dict[str, Any], path: str) -> Config:
         if domain.nbd_port == listen_port:
             raise ConfigError(f"{path}: {where}.nbd_port: {listen_port} is also peer.listen's port; on the "
                               "secondary colod and the NBD server cannot both listen on it")
+    metrics_port = tcp_port(metrics.listen) if metrics.listen is not None else None
+    if metrics_port is not None and metrics_port in {listen_port, *(d.nbd_port for _, d in qemu_domains)}:
+        raise ConfigError(f"{path}: metrics.listen: port {metrics_port} is also the peer link's or an "
+                          "nbd_port; the metrics endpoint needs a port of its own")
     config = Config(path=path, role=role, node_name=node_name, state_dir=state_dir,
                     checkpoint_interval=checkpoint_interval,
-                    peer=peer, qmp=qmp, domains=domains, failover=failover, tls=tls)
+                    peer=peer, qmp=qmp, domains=domains, failover=failover, tls=tls,
+                    control_socket=control_socket, metrics=metrics, log=log)
     _check_files(config)
     _check_role_link(config)
     return config
@@ -593,7 +649,8 @@ def _check_files(config: Config) -> None:
     Paths are compared once symbolic links and ``..`` are resolved; only
     what exists on this host can be checked for its kind.
     """
-    files: list[tuple[str, str | None]] = []
+    files: list[tuple[str, str | None]] = [("colod.control_socket", config.control_socket),
+                                           ("log.json", config.log.json)]
     for i, domain in enumerate(config.domains):
         where = f"domain[{i}]"
         files += [(f"{where}.{key}", getattr(domain, key)) for key in _DOMAIN_FILES]

@@ -49,6 +49,7 @@ from colod.failover.policy import (
 )
 from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine
 from colod.guest.qemu_guest import QemuGuest
+from colod.operations import OperationsService
 from colod.qmp import REQUIRED_COMMANDS, QemuInfo, QMPCapabilityError, QMPConnection, QMPFailure
 from colod.retry import Retry
 from colod.role import Role
@@ -101,6 +102,12 @@ class DomainService(Service):
         self._guest: Any = None  # the domain's guest engine (colod.guest.interfaces.IGuestEngine)
         self._domid: int | None = None
         self._peer: PeerEndpoint | None = None
+        #: The version of the domain's QEMU, once reached (for status).
+        self.qemu_version: str | None = None
+
+    @property
+    def domain(self) -> DomainConfig:
+        return self._domain
 
     def startService(self) -> None:
         super().startService()
@@ -138,6 +145,7 @@ class DomainService(Service):
             "domain {domain}: connected to QEMU {version}; every command colod needs is present",
             domain=self._domain.name, version=info.version,
         )
+        self.qemu_version = info.version
         assert self.connection is not None
         self.connection.whenLost().addCallback(self._lost)
         if self.engine is None and self._protecting is None:
@@ -292,8 +300,12 @@ class ColodService(MultiService):
         self._reactor = reactor
         #: Why colod ended on its own, or None: the process then exits with status 1 (colod.tap).
         self.failure: str | None = None
-        for domain in config.domains:
-            DomainService(config, domain, reactor, self.fail).setServiceParent(self)
+        domains = [DomainService(config, domain, reactor, self.fail) for domain in config.domains]
+        #: The first child: it stops after every domain, so the last state stays visible to the end.
+        self.operations = OperationsService(config, domains, reactor, checkpoint_timeout(config)
+                                            + config.checkpoint_interval)
+        for service in (self.operations, *domains):
+            service.setServiceParent(self)
 
     def startService(self) -> None:
         self.log.info(
@@ -301,7 +313,7 @@ class ColodService(MultiService):
             role=self.config.role, node=self.config.node_name,
             count=len(self.config.domains), path=self.config.path,
         )
-        problem = startup.problem(self.config)
+        problem = startup.problem(self.config) or self.operations.open()
         if problem is not None:
             self.fail(f"{self.config.path}: {problem}")
             return

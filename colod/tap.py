@@ -52,16 +52,24 @@ class Options(usage.Options):
         """
         try:
             use_asyncio_reactor()
-            loaded = configuration.load(self["config"], self["role"])
-            if len(loaded.domains) > 1:
-                # One link and one NBD port per domain, but one peer.listen: not yet.
-                raise configuration.ConfigError(
-                    f"{loaded.path}: domain: this version of colod protects one domain per daemon "
-                    f"(got {len(loaded.domains)}); run one colod per domain")
-            self["loaded"] = loaded
+            self["loaded"] = load(self["config"], self["role"])
         except (WrongReactor, configuration.ConfigError) as e:
             print(f"colod: {e}", file=sys.stderr)
             raise SystemExit(1) from None
+
+
+def load(path: str, role: Role | str | None = None) -> configuration.Config:
+    """The configuration at ``path`` as the daemon takes it (``colod check-config`` too).
+
+    @raise colod.config.ConfigError: it would not start colod.
+    """
+    loaded = configuration.load(path, role)
+    if len(loaded.domains) > 1:
+        # One link and one NBD port per domain, but one peer.listen: not yet.
+        raise configuration.ConfigError(
+            f"{loaded.path}: domain: this version of colod protects one domain per daemon "
+            f"(got {len(loaded.domains)}); run one colod per domain")
+    return loaded
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:

@@ -123,7 +123,8 @@ BAD = [
     Bad("huge_file", GOOD + ("# padding\n" * 110_000), "larger than 1 MiB: not a colod configuration"),
     # -- keys and types ---------------------------------------------------------------------------
     Bad("unknown_key", with_peer("heartbeat_intervall = 1.0"), "peer.heartbeat_intervall: unknown key"),
-    Bad("unknown_table", GOOD + "\n[metrics]\nport = 9100\n", "metrics: unknown key"),
+    Bad("unknown_table", GOOD + "\n[monitoring]\nport = 9100\n", "monitoring: unknown key"),
+    Bad("unknown_metrics_key", GOOD + "\n[metrics]\nport = 9100\n", "metrics.port: unknown key"),
     Bad("wrong_type", with_peer('heartbeat_interval = "fast"'),
         "peer.heartbeat_interval: must be a number (got string 'fast')"),
     Bad("bool_for_port", edited("nbd_port = 8889", "nbd_port = true"),
@@ -223,7 +224,25 @@ BAD = [
         "checked by name); use one of tcp, unix (got 'tls:host=192.0.2.11:port=9000')"),
     Bad("connect_missing_port", connect('"tcp:host=192.0.2.11"'),
         f"peer.connect: {CLIENT}needs a port (got 'tcp:host=192.0.2.11')"),
+    Bad("metrics_listen_bad", GOOD + '\n[metrics]\nlisten = "tcp:http"\n',
+        f"metrics.listen: {SERVER}port 'http' is not a whole number (got 'tcp:http')"),
+    Bad("metrics_on_the_peer_port", GOOD + f'\n[metrics]\nlisten = "tcp:{PEER_PORT}"\n',
+        f"metrics.listen: port {PEER_PORT} is also the peer link's or an nbd_port; the metrics endpoint "
+        "needs a port of its own"),
+    Bad("log_level_unknown", GOOD + '\n[log]\nlevel = "verbose"\n',
+        "log.level: must be one of 'debug', 'info', 'warn', 'error', 'critical' (got 'verbose')"),
+    Bad("log_json_relative", GOOD + '\n[log]\njson = "colod.json"\n',
+        "log.json: must be an absolute path (got 'colod.json')"),
+    Bad("log_json_is_a_directory", GOOD + f'\n[log]\njson = "{DIR}"\n',
+        f"log.json: '{DIR}' is a directory, not a file"),
     # -- paths and files --------------------------------------------------------------------------
+    Bad("control_socket_relative", with_colod('control_socket = "control.sock"'),
+        "colod.control_socket: must be an absolute path (got 'control.sock')"),
+    Bad("control_socket_too_long", with_colod(f'control_socket = "/run/{"c" * 120}.sock"'),
+        "colod.control_socket: must be at most 107 bytes long, the most a unix socket's path can be "
+        f"(got '/run/{'c' * 120}.sock')"),
+    Bad("control_socket_is_the_qmp_socket", with_colod('control_socket = "/run/guest1.qmp"'),
+        "domain[0].qmp_socket: the same file as colod.control_socket ('/run/guest1.qmp')"),
     Bad("relative_path", edited('image = "/srv/guest1.raw"', 'image = "srv/guest1.raw"'),
         "domain[0].disk[0].image: must be an absolute path (got 'srv/guest1.raw')"),
     Bad("nul_in_path", edited('image = "/srv/guest1.raw"', 'image = "/srv/guest1\\u0000.raw"'),
@@ -401,11 +420,13 @@ def write(case: Bad, directory: Path) -> Path:
 
 @pytest.mark.parametrize("case", _params())
 def test_refused_in_one_line(case: Bad, tmp_path: Path) -> None:
-    """twistd colod and colod qemu-args each print exactly the one line, exit 1, no traceback."""
+    """twistd colod, colod check-config and colod qemu-args each print exactly the one line, exit 1,
+    no traceback: check-config refuses exactly what the daemon refuses."""
     path = write(case, tmp_path)
     message = f"{path}: {case.message.replace(DIR, str(tmp_path))}"
     role = list(case.args) or ["--role", "secondary"]
-    commands = {"twistd": [TWISTD, "-n", "--pidfile=", "colod", "--config", str(path), *case.args]}
+    commands = {"twistd": [TWISTD, "-n", "--pidfile=", "colod", "--config", str(path), *case.args],
+                "check-config": [COLOD, "check-config", str(path), *case.args]}
     if not case.daemon_only:
         commands["qemu-args"] = [COLOD, "qemu-args", *role, "--config", str(path)]
     running = {name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -420,9 +441,10 @@ def test_refused_in_one_line(case: Bad, tmp_path: Path) -> None:
     (out, err), status = done["twistd"]
     assert (status, out + err) == (1, f"colod: {message}\n")
     assert "Traceback" not in out + err
-    if "qemu-args" in done:
-        (out, err), status = done["qemu-args"]
-        assert (status, out, err) == (1, "", f"colod: error: {message}\n")
+    for command in ("check-config", "qemu-args"):
+        if command in done:
+            (out, err), status = done[command]
+            assert (status, out, err) == (1, "", f"colod: error: {message}\n"), command
 
 
 def test_cases_are_distinct() -> None:
@@ -440,3 +462,7 @@ def test_the_good_file_is_accepted(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (0, "")
     assert "-blockdev" in done.stdout
+    checked = subprocess.run([COLOD, "check-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert checked.stdout == (f"{path}: good: secondary dom0-b protecting guest1; control socket "
+                              "/var/lib/colod/control.sock\n")

@@ -149,6 +149,12 @@ class ExampleConfigTests(ScratchTestCase):
         self.assertEqual(loaded.peer.heartbeat_interval, 0.5)
         self.assertEqual(loaded.qmp, config.QMPConfig(command_timeout=5.0, connect_timeout=10.0))
         self.assertEqual(loaded.domains[0].disks[0].format, "raw")
+        self.assertEqual((loaded.control_socket, loaded.metrics, loaded.log),
+                         ("/var/lib/colod/control.sock", config.MetricsConfig(listen=None),
+                          config.LogConfig(level="info", json=None)))
+        moved = config.parse(__import__("tomllib").loads(GOOD.replace(
+            'node_name = "dom0-b"\n', 'node_name = "dom0-b"\nstate_dir = "/srv/colod"\n', 1)), "good.toml")
+        self.assertEqual(moved.control_socket, "/srv/colod/control.sock")
 
     def test_role_override(self) -> None:
         """--role wins over the file's role."""

@@ -22,4 +22,10 @@ class DemoTests(ScratchTestCase):
         self.assertIn("demo: NBD is TLS too: the secondary's QEMU lets in only host-a's certificate; it "
                       "refused a plaintext client", out.stdout)
         self.assertIn("the secondary took over", out.stdout)
+        # What it shows of the daemons is colodctl's: both nodes protected, the secondary after the takeover.
+        self.assertIn("demo: `colodctl status` on host-a:\ndemo:   demo on host-a: primary, protected since ",
+                      out.stdout)
+        self.assertIn("demo: `colodctl status` on host-b:\ndemo:   demo on host-b: secondary, running since ",
+                      out.stdout)
+        self.assertIn("demo:   demo on host-b: primary (took over), primary_unprotected since ", out.stdout)
         self.assertIn("memory and disk match", out.stdout)

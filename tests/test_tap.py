@@ -195,6 +195,23 @@ class SystemdUnitTests(QemuTestCase):
                              text=True, timeout=60)
         self.assertEqual((out.returncode, out.stderr), (0, ""))
 
+    def test_unit_checks_the_configuration_first(self) -> None:
+        """ExecStartPre is colod check-config on the same file: good, or one line and exit status 1."""
+        (line,) = [x for x in self.UNIT.read_text().splitlines() if x.startswith("ExecStartPre=")]
+        command = line.removeprefix("ExecStartPre=").split()
+        self.assertEqual(command[-2:], ["check-config", "/etc/colod/colod.toml"])
+        config = self.workdir / "colod.toml"
+        config.write_text(config_for(str(self.workdir / "qmp.sock")))
+        command[-1] = str(config)
+        env = dict(os.environ, PATH=f"{Path(TWISTD).parent}:{os.environ['PATH']}")
+        good = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual((good.returncode, good.stderr), (0, ""))
+        self.assertTrue(good.stdout.startswith(f"{config}: good: "), good.stdout)
+        config.write_text(config.read_text() + "\n[qmp]\ncommand_timout = 5\n")
+        bad = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual((bad.returncode, bad.stdout, bad.stderr),
+                         (1, "", f"colod: error: {config}: qmp.command_timout: unknown key\n"))
+
     def test_unit_command_runs_in_foreground(self) -> None:
         """The unit's ExecStart, with a test config, runs colod in the foreground and stops on SIGTERM."""
         (line,) = [x for x in self.UNIT.read_text().splitlines() if x.startswith("ExecStart=")]

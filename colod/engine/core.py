@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 from automat import NoTransition
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -57,6 +57,10 @@ from colod.protocol.handshake import Hello
 from colod.protocol.peer import IPeerLinkObserver, PeerLink
 from colod.qmp import QMP, QMPDisconnected
 from colod.role import Role
+
+
+class RequestRefused(Exception):
+    """An administrator's request (colod.control) that this engine cannot carry out now; says why."""
 
 
 def describe(reason: Failure) -> str:
@@ -94,6 +98,9 @@ class EngineInputs(Protocol):
 
     def stop(self) -> None:
         """colod is stopping (NoTransition: it already is)."""
+
+    def drop_requested(self, reason: str) -> None:
+        """An administrator ends replication; the guest runs on where it runs (NoTransition: none to end)."""
 
 
 Inputs = TypeVar("Inputs", bound=EngineInputs)
@@ -153,6 +160,45 @@ class EngineCore(ABC, Generic[Inputs, Name]):
     def lost(self, end: LinkEnd) -> None:
         """The peer is gone, or ended replication, or broke the protocol: feed the side's input for it
         (colod.engine.link_end.ACTIONS says which)."""
+
+    # -- an administrator's requests (colod.control) ------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """How many times the peer was lost: a step of an older epoch no longer counts."""
+        return self._epoch
+
+    def request_checkpoint(self) -> Deferred[int]:
+        """A checkpoint now: the primary's to start (PrimaryEngine)."""
+        return fail(RequestRefused(f"domain {self.domain.name}: this node is the {self.role}; "
+                                   "checkpoints are the primary's to start"))
+
+    def pause_checkpoints(self) -> None:
+        """Start no checkpoint on the interval until resume_checkpoints: the primary's (PrimaryEngine)."""
+        raise RequestRefused(f"domain {self.domain.name}: this node is the {self.role}; "
+                             "checkpoints are the primary's to pause")
+
+    def resume_checkpoints(self) -> None:
+        """Checkpoint on the interval again: the primary's (PrimaryEngine)."""
+        raise RequestRefused(f"domain {self.domain.name}: this node is the {self.role}; "
+                             "checkpoints are the primary's to resume")
+
+    def drop(self) -> None:
+        """End replication on request: the peer is told, no takeover follows, the guest runs on."""
+        try:
+            self.machine.drop_requested(f"dropped on request on {self.node} (colodctl drop)")
+        except NoTransition:
+            raise RequestRefused(f"domain {self.domain.name} is {self.doing}: no replication to drop"
+                                 ) from None
+
+    def request_failover(self, by: str) -> None:
+        """Take over on an administrator's word (colodctl failover, colod failover; ``by``: who, for
+        the log).  Only a secondary waiting for that word can (colod.engine.secondary).
+
+        @raise RequestRefused: this engine cannot take over now, and says why.
+        """
+        raise RequestRefused(f"domain {self.domain.name} is the primary here ({self.doing}): there is "
+                             "nothing to take over")
 
     # -- the machine's surroundings ------------------------------------------
 

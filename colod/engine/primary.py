@@ -20,6 +20,7 @@ detached, the guest resumes if it was suspended, and runs on unprotected.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Protocol
@@ -27,6 +28,7 @@ from typing import Protocol
 from automat import NoTransition
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
@@ -44,6 +46,7 @@ from colod.protocol import (
     CheckpointId,
     CheckpointState,
     LibxcContext,
+    PageData,
     Record,
     ReplicationEndReason,
 )
@@ -159,6 +162,12 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
         self._suspended = False
         self._emulator: Sequence[Record] = ()
         self._pause_began = (0.0, 0.0, 0.0)
+        #: The pages, and bytes on the link, of the checkpoint under way.
+        self._sent = (0, 0)
+        #: Completed checkpoints by what started them: the first, the interval, or a request.
+        self.triggers: Counter[str] = Counter()
+        #: Whether checkpoints on the interval are paused (colodctl pause); requested ones still run.
+        self.paused = False
         self.machine = start_primary(self)
 
     # -- API -------------------------------------------------------------------
@@ -173,6 +182,25 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
         d: Deferred[int] = Deferred()
         self.machine.checkpoint_requested(d)
         return d
+
+    def pause_checkpoints(self) -> None:
+        """Start no checkpoint on the interval (one under way finishes) until resume_checkpoints."""
+        if not self.paused:
+            self.paused = True
+            self.log.warn("domain {domain}: checkpoints paused on request: the secondary holds checkpoint "
+                          "{n} until they resume", domain=self.domain.name, n=self.checkpoints)
+            self.publish()
+
+    def resume_checkpoints(self) -> None:
+        """Checkpoint on the interval again, starting with one at once (refused quietly if unprotected)."""
+        if self.paused:
+            self.paused = False
+            self.log.info("domain {domain}: checkpoints resumed", domain=self.domain.name)
+            self.request_checkpoint().addErrback(lambda failure: failure.trap(CheckpointRefused))
+            self.publish()
+
+    def publish(self, **extra: object) -> None:
+        super().publish(checkpoints_paused=self.paused, **extra)
 
     # -- EngineCore ------------------------------------------------------------
 
@@ -265,8 +293,11 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
         link = self.link
         if link is None:
             raise ConnectionError("the link closed while the checkpoint was being sent")
+        sent = link.bytes_sent
         for record in (*records, Checkpoint(), *self._emulator, CheckpointEnd()):
             link.sendRecord(record)
+        pages = sum(len(record.pfns) for record in records if isinstance(record, PageData))
+        self._sent = (pages, link.bytes_sent - sent)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -281,18 +312,19 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
 
     def _end_pause(self) -> None:
         began, qmp, copy = self._pause_began
+        pages, sent = self._sent
         self.pauses.add(Pause(time.perf_counter() - began, self.qmp.busy_seconds - qmp,
-                              self.guest.copy_seconds - copy))
+                              self.guest.copy_seconds - copy, pages, sent))
 
     def _cancel_overdue(self) -> None:
         if self._overdue is not None and self._overdue.active():
             self._overdue.cancel()
         self._overdue = None
 
-    def _end(self, error: str, code: ReplicationEndReason) -> None:
+    def _end(self, error: str, code: ReplicationEndReason, level: LogLevel = LogLevel.error) -> None:
         """Leave protection, tell the secondary (if it can hear) why, and forget it."""
         self.error = error
-        self.log.error("domain {domain}: {error}", domain=self.domain.name, error=self.error)
+        self.log.emit(level, "domain {domain}: {error}", domain=self.domain.name, error=self.error)
         self._unprotect()
         link, self.link = self.link, None
         if link is not None:
@@ -319,7 +351,14 @@ _machine: MachineBuilder[PrimaryInputs, PrimaryEngine, PrimaryState] = MachineBu
 
 def _wait_interval(machine: PrimaryInputs, engine: PrimaryEngine) -> IDelayedCall:
     """Protected: the next checkpoint is due after the interval (at once if one was asked for)."""
-    return engine.clock.callLater(0 if engine._requested else engine.interval, machine.checkpoint_due)
+    return engine.clock.callLater(0 if engine._requested else engine.interval, _interval_passed, machine,
+                                  engine)
+
+
+def _interval_passed(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    """The next checkpoint is due, unless checkpoints are paused and none was asked for."""
+    if engine._requested or not engine.paused:
+        machine.checkpoint_due()
 
 
 def _cancel_call(call: IDelayedCall) -> None:
@@ -379,6 +418,8 @@ def _resume_guest(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
 def _checkpoint_done(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
     engine._cancel_overdue()
     engine.checkpoints += 1
+    trigger = "first" if engine.checkpoints == 1 else "request" if engine._in_flight else "interval"
+    engine.triggers[trigger] += 1
     engine.protected = True
     if engine.checkpoints == 1:
         engine.log.info("domain {domain}: protected: first checkpoint complete", domain=engine.domain.name)
@@ -422,6 +463,13 @@ def _send_checkpoint(machine: PrimaryInputs, engine: PrimaryEngine, record: Chec
 @_machine.upon(_REPLICATING, _I.secondary_lost, DroppingSecondary)
 def _drop_secondary(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
     engine._end(f"replication ended: {describe(reason)}", ReplicationEndReason.PROTOCOL_ERROR)
+    engine.run_step(engine._drop, machine.dropped)
+
+
+@_machine.upon(_REPLICATING, _I.drop_requested, DroppingSecondary)
+def _drop_on_request(machine: PrimaryInputs, engine: PrimaryEngine, reason: str) -> None:
+    """As a lost secondary, but the secondary is told: it must not take over."""
+    engine._end(reason, ReplicationEndReason.SHUTDOWN, LogLevel.warn)
     engine.run_step(engine._drop, machine.dropped)
 
 

@@ -30,12 +30,13 @@ from typing import Protocol
 from automat import NoTransition
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
 from colod.engine.checkpoint_buffer import CheckpointBuffer
-from colod.engine.core import EngineCore, EngineInputs, describe
+from colod.engine.core import EngineCore, EngineInputs, RequestRefused, describe
 from colod.engine.generation import Generation, GenerationError
 from colod.engine.link_end import Action, LinkEnd, ProtocolViolation, secondary_action
 from colod.engine.machine import MachineBuilder, nothing
@@ -60,7 +61,7 @@ from colod.role import Role
 REQUEST_POLL_INTERVAL = 0.5
 
 
-class FailoverNotAwaited(Exception):
+class FailoverNotAwaited(RequestRefused):
     """An operator asked for a takeover that this engine is not waiting to decide."""
 
 
@@ -439,6 +440,11 @@ def _end_replication(machine: SecondaryInputs, engine: SecondaryEngine, reason: 
     _end_without_takeover(machine, engine, f"replication ended: {describe(reason)}", None)
 
 
+@_machine.upon(_STANDING_BY, _I.drop_requested, Ending)
+def _drop_on_request(machine: SecondaryInputs, engine: SecondaryEngine, reason: str) -> None:
+    _end_without_takeover(machine, engine, reason, ReplicationEndReason.SHUTDOWN, LogLevel.warn)
+
+
 @_machine.upon(_STANDING_BY, _I.step_failed, Ending)
 def _give_up(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure) -> None:
     _end_without_takeover(machine, engine, f"replication failed here: {reason.getErrorMessage()}",
@@ -446,10 +452,11 @@ def _give_up(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failure)
 
 
 def _end_without_takeover(machine: SecondaryInputs, engine: SecondaryEngine, error: str,
-                          code: ReplicationEndReason | None) -> None:
+                          code: ReplicationEndReason | None, level: LogLevel = LogLevel.error) -> None:
     """The primary may well run its guest: forget it (telling it ``code``), and tear replication down."""
     engine.error = error
-    engine.log.error("domain {domain}: {error}; not taking over", domain=engine.domain.name, error=error)
+    engine.log.emit(level, "domain {domain}: {error}; not taking over", domain=engine.domain.name,
+                    error=error)
     engine._leave(code)
     engine.run_step(engine.devices.teardown, machine.torn_down)
 

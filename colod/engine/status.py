@@ -24,8 +24,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from colod.histogram import Histogram, powers
+
 #: How many recent pauses the percentiles are taken over.
 RECENT = 1000
+#: The histograms' bounds: pauses from 1 ms to 10 s, bytes from 4 KiB to 4 GiB, pages from 1 to 1 M.
+PAUSE_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BYTES_BOUNDS = powers(4096, 4, 11)
+PAGES_BOUNDS = powers(1, 4, 11)
 #: Seconds between attempts to write a status that could not be written.
 RETRY_INTERVAL = 1.0
 
@@ -37,6 +43,9 @@ class Pause:
     seconds: float
     in_qemu: float
     copying: float
+    #: Guest pages, and bytes on the peer link, that the checkpoint sent while the guest was paused.
+    pages: int = 0
+    bytes: int = 0
 
     @property
     def colod_share(self) -> float:
@@ -50,13 +59,19 @@ class Pause:
 
 
 class PauseStats:
-    """The recent pauses, for status and benchmarks."""
+    """The recent pauses, for status and benchmarks; and every pause since the start, in histograms."""
 
     def __init__(self) -> None:
         self.recent: deque[Pause] = deque(maxlen=RECENT)
+        self.seconds = Histogram(PAUSE_BOUNDS)
+        self.bytes = Histogram(BYTES_BOUNDS)
+        self.pages = Histogram(PAGES_BOUNDS)
 
     def add(self, pause: Pause) -> None:
         self.recent.append(pause)
+        self.seconds.observe(pause.seconds)
+        self.bytes.observe(pause.bytes)
+        self.pages.observe(pause.pages)
 
     def percentile(self, p: int) -> float | None:
         """The p-th percentile of recent pauses, in seconds (None before the first)."""
@@ -91,6 +106,11 @@ class StatusFile:
         self.path = self.directory / "status.json"
         #: Failed attempts to write a status since colod started.
         self.failures = 0
+        #: The newest status given, whether written or not (the control socket's), with the clock's
+        #: time its state began and the time its checkpoint count last went up (None before).
+        self.last: dict[str, Any] = {}
+        self.since = clock.seconds()
+        self.last_checkpoint: float | None = None
         self._clock = clock
         self._retry_interval = retry_interval
         self._unwritten: dict[str, Any] | None = None
@@ -100,6 +120,12 @@ class StatusFile:
 
     def write(self, status: dict[str, Any]) -> None:
         """Replace the file with ``status``, or keep it to retry; logs, never raises."""
+        now = self._clock.seconds()
+        if status.get("state") != self.last.get("state"):
+            self.since = now
+        if status.get("checkpoints", 0) > self.last.get("checkpoints", 0):
+            self.last_checkpoint = now
+        self.last = status
         self._unwritten = status
         if self._retry is not None and self._retry.active():
             self._retry.cancel()

@@ -21,6 +21,8 @@ the observer (the checkpoint engine) gets typed records and four events.
 
 from __future__ import annotations
 
+import socket
+import struct
 import typing
 from collections.abc import Callable
 
@@ -104,6 +106,11 @@ class LinkTiming:
             raise ValueError("silence_timeout must be at least two heartbeat intervals")
         if self.handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")
+
+
+#: struct tcp_info's tcpi_rtt (linux/tcp.h): microseconds, at this offset.
+_TCP_INFO_RTT = struct.Struct("=I")
+_RTT_OFFSET = 68
 
 
 class LinkNotOpen(Exception):
@@ -262,6 +269,8 @@ class PeerLink(Protocol):
         self._beats.clock = clock
         self._sequence = 0
         self._beat_due = False
+        #: Bytes of records sent with sendRecord (heartbeats and the link's own records aside).
+        self.bytes_sent = 0
 
     # --- Protocol -----------------------------------------------------------
 
@@ -346,10 +355,25 @@ class PeerLink(Protocol):
             raise LinkNotOpen("the peer link is not open")
         # Twisted's transports take bytes only: a view (a record read from another stream, such as a
         # save helper's pages) is copied here, once.
-        self.transport.writeSequence([chunk if isinstance(chunk, bytes) else bytes(chunk)
-                                      for chunk in self._encoder.send_buffers(record)])
+        chunks = [chunk if isinstance(chunk, bytes) else bytes(chunk)
+                  for chunk in self._encoder.send_buffers(record)]
+        self.bytes_sent += sum(map(len, chunks))
+        self.transport.writeSequence(chunks)
         if self._beat_due:
             self._beat()
+
+    def round_trip(self) -> float | None:
+        """The link's round trip in seconds, as the kernel measures it on its TCP connection
+        (smoothed, from its ACKs: heartbeats go one way); None on another kind of socket."""
+        carrier = self.transport if self._tls is None else self.transport.transport
+        handle = carrier.getHandle() if carrier is not None else None
+        if not isinstance(handle, socket.socket) or handle.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        try:
+            info = handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_RTT.size + _RTT_OFFSET)
+        except OSError:
+            return None
+        return float(_TCP_INFO_RTT.unpack_from(info, _RTT_OFFSET)[0]) / 1e6
 
     def close(self) -> None:
         """Close the link; L{IPeerLinkObserver.linkLost} follows."""

@@ -97,7 +97,7 @@ class ReplicationEndReason(enum.IntEnum):
     receiver acts on it: after SHUTDOWN it must not take over the guest.
     """
 
-    #: The sender's colod is stopping; its guest keeps running where it is.
+    #: The sender's colod is stopping, or was told to drop replication; its guest keeps running where it is.
     SHUTDOWN = 1
     #: The sender found the receiver's stream or behaviour wrong.
     PROTOCOL_ERROR = 2

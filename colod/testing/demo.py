@@ -5,8 +5,10 @@ Two nodes (colod.testing.lab) each get a QEMU started from ``colod qemu-args`` a
 ``twistd colod`` daemon, linked over mutual TLS with the lab's certificates
 (``colod make-certs``), the disks replicated over NBD under TLS with the same
 ones (a stranger's NBD client is shown refused); once the first checkpoint is complete, the guest
-writer changes the primary's disk and memory.  The demo shows checkpoints
-going by, then kills the primary's QEMU, daemon and guest at once, as a host
+writer changes the primary's disk and memory.  What the demo shows of the
+daemons it asks them with ``colodctl status``, as an administrator would:
+both nodes once protected, the checkpoints going by, the secondary after
+the takeover.  It kills the primary's QEMU, daemon and guest at once, as a host
 loss would, times the secondary's takeover and checks that the secondary's
 disk and memory are exactly the last checkpoint's.  It ends with one
 ``demo: PASSED: ...`` or ``demo: FAILED: ...`` line and exits 0 only on a pass.
@@ -19,8 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from colod.testing.lab import Lab, LabError
+from colod.testing.lab import Lab, LabError, Node
 from colod.testing.nbd_client import client_files, open_export
 from colod.testing.qemu_process import QemuStartError
 
@@ -39,15 +42,27 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def _show_checkpoints(lab: Lab) -> dict[str, object]:
-    """Report the primary's status every second for a while; returns the last one."""
+def _show_status(node: Node) -> None:
+    """Show what ``colodctl status`` says on ``node``."""
+    done = node.ctl("status")
+    if done.returncode:
+        raise LabError(f"colodctl status on {node.name} exited {done.returncode}: {done.stderr.strip()}")
+    say(f"`colodctl status` on {node.name}:")
+    for line in done.stdout.splitlines():
+        say(f"  {line}")
+
+
+def _show_checkpoints(lab: Lab) -> dict[str, Any]:
+    """Report the primary's ``colodctl status --json`` every second for a while; returns its last one."""
     end = time.monotonic() + SHOW_SECONDS
     while True:
         time.sleep(REPORT_EVERY)
-        status = lab.until(lab.primary, lambda s: s["protected"], 5.0, "protection").wait()
-        say(f"checkpoints {status['checkpoints']:5d}   pause last {_ms(status['last_pause_ms'])}, "
-            f"p50 {_ms(status['pause_p50_ms'])}, p99 {_ms(status['pause_p99_ms'])}   "
-            f"writer ops {lab.ops()}")
+        status = lab.primary.ctl_status()["domains"][0]
+        if not status["protected"]:
+            raise LabError(f"the primary is not protected: {status['error']}{lab.primary.context()}")
+        pause = status["pause"]
+        say(f"checkpoints {status['checkpoint']['number']:5d}   pause last {_ms(pause['last_ms'])}, "
+            f"p50 {_ms(pause['p50_ms'])}, p99 {_ms(pause['p99_ms'])}   writer ops {lab.ops()}")
         if time.monotonic() >= end:
             return status
 
@@ -88,6 +103,8 @@ def run(lab: Lab) -> str:
         raise LabError("the secondary does not say that its peer link is mutual TLS")
     say(f"the peer link is mutual TLS, with certificates `colod make-certs` made in {lab.certs_dir}")
     _show_nbd_tls(lab)
+    for node in lab.nodes:
+        _show_status(node)
     lab.start_writer(WRITER_INTERVAL)
     say("the guest writer runs on the primary: random disk blocks and memory pages, its count in page 0")
     status = _show_checkpoints(lab)
@@ -103,6 +120,7 @@ def run(lab: Lab) -> str:
     if not lab.secondary.device_state_loaded():
         raise LabError("the secondary's device model did not load the last checkpoint's device state")
     say("the secondary's device model runs on the device state of the last checkpoint")
+    _show_status(lab.secondary)
     verdict = lab.verify(lab.secondary)
     say(f"the secondary's disk and memory image, checked against the writer: {verdict.summary}")
     if not verdict.ok:
@@ -110,8 +128,8 @@ def run(lab: Lab) -> str:
     if verdict.ops < floor:
         raise LabError(f"the secondary holds {verdict.ops} writer ops, fewer than the {floor} "
                        "a completed checkpoint had")
-    return (f"{status['checkpoints']} checkpoints (pause p50 {_ms(status['pause_p50_ms'])}, "
-            f"p99 {_ms(status['pause_p99_ms'])}); the secondary took over {after:.2f} s after the "
+    return (f"{status['checkpoint']['number']} checkpoints (pause p50 {_ms(status['pause']['p50_ms'])}, "
+            f"p99 {_ms(status['pause']['p99_ms'])}); the secondary took over {after:.2f} s after the "
             f"primary host was lost, with a checkpoint's disk, memory and device state "
             f"({verdict.ops} writer ops)")
 

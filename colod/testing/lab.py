@@ -176,6 +176,8 @@ class Node:
 
     config = _File("colod.toml")
     log = _File("colod.log")
+    #: The daemon's JSON-lines log ([log] json).
+    json_log = _File("colod.json")
     #: The daemon's stdout and stderr: what it says before its log opens.
     output = _File("colod.out")
     disk = _File("disk.raw")
@@ -197,6 +199,27 @@ class Node:
     @property
     def hidden(self) -> Path:
         return self.fast_dir / f"{self.name}-hidden.qcow2"
+
+    #: The port of the daemon's metrics endpoint ([metrics] listen), or None: it has none.
+    metrics_port: int | None = None
+
+    @property
+    def control_socket(self) -> Path:
+        """Where the daemon's control socket is: its default, in the state directory."""
+        return self.state_dir / "control.sock"
+
+    def ctl(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run ``colodctl --config <this node's configuration> ARGS``, as this node's administrator would."""
+        return subprocess.run([str(BIN / "colodctl"), "--config", str(self.config), *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ctl_status(self) -> dict[str, Any]:
+        """``colodctl status --json``'s answer.  @raise LabError: colodctl failed."""
+        done = self.ctl("status", "--json")
+        if done.returncode:
+            raise LabError(f"colodctl status on {self.name} exited {done.returncode}: {done.stderr.strip()}"
+                           f"{self.context()}")
+        return dict(json.loads(done.stdout))
 
     @property
     def status_path(self) -> Path:
@@ -304,6 +327,8 @@ class Lab:
     tls: bool = True
     #: The ``[failover]`` table's lines: the lab's failover tests kill a primary and expect a takeover.
     failover: str = 'policy = "heartbeat-only"'
+    #: Whether each daemon serves metrics ([metrics] listen, on a port of its own).
+    metrics: bool = False
     #: Where the secondary listens for the primary's link.
     secondary_port: int = attrs.field(factory=free_port)
     nbd_port: int = attrs.field(factory=free_port)
@@ -317,6 +342,9 @@ class Lab:
         self.fast_dir = Path(tempfile.mkdtemp(prefix="colod-lab-", dir=shm if shm.is_dir() else self.workdir))
         self.primary = Node("primary", "host-a", self.workdir / "primary", self.domain, self.fast_dir)
         self.secondary = Node("secondary", "host-b", self.workdir / "secondary", self.domain, self.fast_dir)
+        if self.metrics:
+            for node in self.nodes:
+                node.metrics_port = free_port()
 
     @property
     def nodes(self) -> tuple[Node, Node]:
@@ -369,6 +397,8 @@ class Lab:
         device_model = f'device_model_socket = "{node.device_model_socket}"' if secondary else ""
         ca, certificate, key = self.tls_files(node)
         tls = f'[tls]\nca = "{ca}"\ncertificate = "{certificate}"\nkey = "{key}"' if self.tls else ""
+        metrics = (f'[metrics]\nlisten = "tcp:{node.metrics_port}:interface=127.0.0.1"' if node.metrics_port
+                   else "")
         return f"""\
 [colod]
 role = "{node.role}"
@@ -387,6 +417,11 @@ tls = {str(self.tls).lower()}
 
 [failover]
 {self.failover}
+
+{metrics}
+
+[log]
+json = "{node.json_log}"
 
 [[domain]]
 name = "{self.domain}"

@@ -139,6 +139,7 @@ class FakeLink:
     """Stands in for a PeerLink (colod.protocol.peer): keeps what the engine sends and how it ends it."""
 
     peer_address = "192.0.2.1:7000"
+    bytes_sent = 0
 
     def __init__(self) -> None:
         self.sent: list[Record] = []

@@ -121,3 +121,10 @@ class FailoverPolicyTests(ClusterTestCase):
         self.assertEqual(status["state"], "awaiting_operator", lab.secondary.context())
         self.assertIn("exited 1 (it said: fence agent done with status 1)", str(status["error"]))
         self.assertPrimaryKeepsTheGuest(lab)
+
+        lab.stop_writer()
+        lab.primary.kill_qemu()  # the operator fenced the primary by hand
+        asked = lab.secondary.ctl("failover", lab.domain)
+        self.assertEqual(asked.returncode, 0, asked.stderr)
+        await self.assertTakesOver(lab)
+        self.assertIn("the operator asked for it (colodctl, on the control socket)", lab.secondary.logs())

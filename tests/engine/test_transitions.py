@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from colod.engine import primary, secondary
-from colod.engine.core import EngineCore
+from colod.engine.core import EngineCore, RequestRefused
 from colod.engine.generation import Generation
 from colod.engine.link_end import LinkEnd
 from colod.engine.machine import Transition
@@ -182,6 +182,7 @@ APPLY: dict[str, Callable[[Harness], None]] = {
     "operator_failover": Harness.operator_asks,
     "superseded": Harness.newer_peer_links,
     "halted": Harness.step_ends,
+    "drop_requested": lambda h: h.engine.drop(),
 }
 
 _P = PrimaryState
@@ -290,6 +291,14 @@ def _first_checkpoint_done(case: TransitionTests, h: Harness) -> None:
     _published(protected=True, checkpoints=1)(case, h)
 
 
+def _runs(name: str) -> Check:
+    """``name`` is called, once the step under way (if any) has ended."""
+    def check(case: TransitionTests, h: Harness) -> None:
+        h.world.finish()
+        case.assertIn(name, h.world.calls[len(case.before[0]):])
+    return check
+
+
 def _all(*checks: Check) -> Check:
     def check(case: TransitionTests, h: Harness) -> None:
         for each in checks:
@@ -350,6 +359,8 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
         checks[state, "step_failed"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "replication failed here")
         checks[state, "qemu_lost"] = _ended("closed", "the guest's QEMU is gone")
         checks[state, "stop"] = _ended(ReplicationEndReason.SHUTDOWN, "colod stopped")
+        checks[state, "drop_requested"] = _all(_ended(ReplicationEndReason.SHUTDOWN, "dropped on request"),
+                                               _runs("devices.drop_secondary"))
     for state in (_P.DROPPING_SECONDARY, _P.UNPROTECTED):
         checks[state, "secondary_lost"] = _nothing_more
         checks[state, "qemu_lost"] = _ended(None, "the guest's QEMU is gone")
@@ -419,6 +430,8 @@ def _secondary_checks() -> dict[tuple[str, str], Check]:
         checks[state, "step_failed"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "replication failed here")
         checks[state, "qemu_lost"] = _ended(ReplicationEndReason.LOCAL_FAILURE, "this node's QEMU is gone")
         checks[state, "stop"] = _ended(ReplicationEndReason.SHUTDOWN, "colod stopped")
+        checks[state, "drop_requested"] = _all(_ended(ReplicationEndReason.SHUTDOWN, "dropped on request"),
+                                               _runs("devices.teardown"))
     for state in uncommitted:
         link_end = None if state is _S.WAITING_FOR_PRIMARY else ReplicationEndReason.LOCAL_FAILURE
         checks[state, "qemu_lost"] = _ended(link_end, "this node's QEMU is gone")
@@ -552,6 +565,42 @@ class TransitionTests(SynchronousTestCase):
         h.world.finish()
         self.assertEqual((h.engine.state, h.world.calls[-2:]), (_P.UNPROTECTED, ["devices.drop_secondary",
                                                                                 "resume"]))
+
+    def test_paused_checkpoints_wait_for_a_request_or_resume(self) -> None:
+        """Paused, the interval starts no checkpoint; a request still does, and resuming starts one now."""
+        h = Harness(Role.PRIMARY)
+        for input in PRIMARY_PATHS[_P.PROTECTED]:
+            APPLY[input](h)
+        assert isinstance(h.engine, PrimaryEngine)
+        h.engine.pause_checkpoints()
+        self.assertTrue(h.status.written[-1]["checkpoints_paused"])
+        h.clock.advance(INTERVAL * 3)
+        self.assertIs(h.engine.state, _P.PROTECTED)
+        h.request()
+        for input in _REST_OF_ROUND:
+            APPLY[input](h)
+        h.clock.advance(INTERVAL * 3)
+        self.assertEqual((h.engine.state, h.answers, h.engine.checkpoints), (_P.PROTECTED, [2], 2))
+        h.engine.resume_checkpoints()
+        self.assertIs(h.engine.state, _P.SUSPENDING)
+        for input in _REST_OF_ROUND:
+            APPLY[input](h)
+        self.assertEqual(dict(h.engine.triggers), {"first": 1, "request": 2})
+        h.clock.advance(INTERVAL)
+        self.assertIs(h.engine.state, _P.SUSPENDING)
+        self.assert_stops_clean(h)
+
+    def test_what_the_secondary_refuses(self) -> None:
+        """Checkpoints are the primary's to start, pause and resume; a failover on request only while the
+        secondary waits for the operator's decision."""
+        h = Harness(Role.SECONDARY)
+        for request in (h.engine.pause_checkpoints, h.engine.resume_checkpoints):
+            self.assertRaises(RequestRefused, request)
+        self.assertRaisesRegex(RequestRefused, "domain guest is not waiting for a failover decision \\(it is "
+                               "waiting for primary\\)", h.engine.request_failover, "a test")
+        self.failureResultOf(h.engine.request_checkpoint(), RequestRefused)
+        self.assertRaisesRegex(RequestRefused, "domain guest is waiting for primary: no replication to drop",
+                               h.engine.drop)
 
 
 def role_of(h: Harness) -> Role:

@@ -1,0 +1,1 @@
+"""Operating a running colod: its control socket (protocol, server, client) and what requests do."""

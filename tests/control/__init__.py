@@ -1,0 +1,1 @@
+"""Tests of the control socket, colodctl and the metrics endpoint."""
