@@ -12,7 +12,9 @@ in COLO, REMUS and AUTO modes and on the back channel; the handshake as each
 role reads it (C{Hello.parse} on the bytes gathered so far, then
 C{check_peer}, then the rest into the decoder of the channel that role
 receives, as C{PeerLink} does); the save helper's message decoder
-(C{colod.xen.helper_messages.Decoder}) for each side.
+(C{colod.xen.helper_messages.Decoder}) for each side; the control protocol
+(C{colod.control.protocol}) as the daemon reads requests and as colodctl
+reads responses (C{LineReader}, then each line parsed).
 
 Inputs come from valid seeds: the streams of L{tests.protocol.streams}, the
 golden vectors of L{tests.protocol.test_golden} and
@@ -59,6 +61,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from colod.control import protocol as control
 from colod.protocol import (
     Channel,
     CheckpointDirtyPfnList,
@@ -203,6 +206,39 @@ def _helper_feed(side: helper.Side) -> Callable[[Input], None]:
     return feed
 
 
+def _control_feed(limit: int, parse: Callable[[bytes], object]) -> Callable[[Input], None]:
+    """Read lines as the control socket's ends do, each parsed (a named error ends the input)."""
+    def feed(case: Input) -> None:
+        reader = control.LineReader(limit)
+        for chunk in case.chunks():
+            reader.receive_data(chunk)
+            while (line := reader.next_line()) is not None:
+                parse(line)
+
+    return feed
+
+
+def _control_seeds() -> tuple[tuple[Seed, ...], tuple[Seed, ...]]:
+    """Requests (each command, alone and in a row) and responses (results and every error code)."""
+    requests = [control.encode_request(command, **{key: "guest1" if key == "domain" else "debug"
+                                                   for key in arguments})
+                for command, arguments in control.COMMANDS.items()]
+    requests += [b'{"version":1,"command":"drop","domain":7}\n', b'{"version":1,"command":"drop"}\n',
+                 b'[{"version":1,"command":"status"}]\n', b'{"version":2,"command":"status"}\n']
+    results = [{}, {"domain": "guest1", "checkpoint": 7}, {"level": "debug", "was": "info"},
+               {"domains": [{"domain": "guest1", "role": "primary", "state": "protected", "checkpoints": 3,
+                             "pause_p50_ms": 12.5, "error": None, "disks": ["xvda healthy"]}]}]
+    responses = [control.encode_response(result) for result in results]
+    responses += [control.encode_response(error=control.RequestError(code, f"{code.value}: said why"))
+                  for code in control.ErrorCode]
+    return ((*(Seed((line,)) for line in requests), Seed(tuple(requests))),
+            (*(Seed((line,)) for line in responses), Seed(tuple(responses))))
+
+
+def _no_length(frame: bytes) -> list[tuple[int, struct.Struct]]:
+    return []  # JSON lines carry no length fields
+
+
 def _record_length(frame: bytes) -> list[tuple[int, struct.Struct]]:
     """A framed record's u32 body length (not a fixed header's)."""
     if len(frame) >= RECORD_HEADER.size:
@@ -296,6 +332,7 @@ def build_targets(seed: int = 0, drawn: int = DEFAULT_DRAWN) -> list[Target]:
         return tuple(Seed(tuple(helper.encode_message(m) for m in lst)) for lst in lists if lst)
 
     stream, link = (StreamError,), (HandshakeError, StreamError)
+    requests, responses = _control_seeds()
     return [
         Target("stream-main-colo", tuple(colo), _record_length,
                _stream_feed(Channel.MAIN, Checkpointed.COLO), stream, RECORD_MUTATIONS),
@@ -313,6 +350,12 @@ def build_targets(seed: int = 0, drawn: int = DEFAULT_DRAWN) -> list[Target]:
                _helper_feed(helper.Side.SAVE), (helper.MessageError,), FRAME_MUTATIONS),
         Target("helper-restore", helper_seeds(helper.Side.RESTORE), _message_length,
                _helper_feed(helper.Side.RESTORE), (helper.MessageError,), FRAME_MUTATIONS),
+        Target("control-request", requests, _no_length,
+               _control_feed(control.MAX_REQUEST, control.parse_request),
+               (control.RequestError, control.LineTooLong), FRAME_MUTATIONS),
+        Target("control-response", responses, _no_length,
+               _control_feed(control.MAX_RESPONSE, control.parse_response),
+               (control.RequestError, control.ProtocolError, control.LineTooLong), FRAME_MUTATIONS),
     ]
 
 

@@ -19,6 +19,9 @@ from . import fuzz
 
 #: Inputs in the CI run: a few seconds, every target a few thousand times.
 CI_COUNT = 20_000
+#: The control protocol's JSON lines have fewer ways to be wrong than a binary stream (its checks and
+#: json's own messages: about twenty); every other target must show 25.
+MIN_REASONS = {"control-request": 20, "control-response": 20}
 SEED = 13
 
 
@@ -45,7 +48,7 @@ def test_short_campaign_finds_nothing(targets: list[fuzz.Target]) -> None:
     }
     for name, tally in tallies.items():
         assert 0 < tally.refused < tally.inputs, name
-        assert len(tally.reasons) >= 25, (name, sorted(tally.reasons))
+        assert len(tally.reasons) >= MIN_REASONS.get(name, 25), (name, sorted(tally.reasons))
 
 
 def test_a_crash_planted_in_a_reader_is_found(
