@@ -4,6 +4,8 @@ recorders."""
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,9 +68,11 @@ class PeeringTests(ScratchTestCase):
         path.write_text(edited(CONNECT, connect, edited('role = "secondary"', 'role = "primary"')))
         self.config = config.load(path)
         self.accepted = 0
+        #: When each connection was accepted (time.monotonic()).
+        self.accepted_at: list[float] = []
 
-    def primary(self, engine: Recorder) -> PeerEndpoint:
-        peer = PeerEndpoint(self.config, self.config.domains[0], engine, self.reactor, retry_interval=RETRY)
+    def primary(self, engine: Recorder, retry: float = RETRY) -> PeerEndpoint:
+        peer = PeerEndpoint(self.config, self.config.domains[0], engine, self.reactor, retry_interval=retry)
         self.addCleanup(peer.stop)
         return peer
 
@@ -78,6 +82,7 @@ class PeeringTests(ScratchTestCase):
 
         def counted(addr: object) -> Protocol | None:
             self.accepted += 1
+            self.accepted_at.append(time.monotonic())
             return build(addr)
 
         factory.buildProtocol = counted  # type: ignore[method-assign]
@@ -98,29 +103,38 @@ class PeeringTests(ScratchTestCase):
         self.fail("condition not met in time")
 
     @async_test
-    async def test_dials_until_answered_then_never_again(self) -> None:
-        """Refused connections are dialled again; once the engine has the link, its loss brings no
-        second dial (no double link, no re-protection)."""
+    async def test_dials_until_answered_then_not_while_the_link_lasts(self) -> None:
+        """Refused connections are dialled again; while the engine has the link, no second dial (no
+        double link); once it is lost, a dial again, after the retry delay."""
         engine, remote = Recorder(), Recorder()
         self.primary(engine).start()
         await sleep(RETRY * 4)  # a few refused connections
         self.assertEqual(engine.ready, [])
         await self.listen(self.secondary(remote))
         await self.until(lambda: len(engine.ready) == 1 and len(remote.ready) == 1)
+        await sleep(RETRY * 6)
+        self.assertEqual((self.accepted, len(engine.ready)), (1, 1))
         remote.ready[0].close()
         await self.until(lambda: len(engine.lost) == 1)
-        await sleep(RETRY * 6)
-        self.assertEqual((self.accepted, len(engine.ready)), (1, 1))
+        await self.until(lambda: len(engine.ready) == 2)
+        self.assertEqual(self.accepted, 2)
+        engine.ready[1].close()
+        await self.until(lambda: len(engine.lost) == 2 and len(remote.lost) == 2)
 
     @async_test
-    async def test_refused_by_its_engine_ends_dialling(self) -> None:
-        """An engine that refuses the link (it waits for no secondary any more) ends the dialling."""
+    async def test_links_refused_by_its_engine_are_dialled_later_each_time(self) -> None:
+        """An engine that refuses each link (it waits for no secondary) hears again from the peer, the
+        wait doubling each time: a peer that took the domain over meanwhile is found, rarely asked."""
+        retry = 0.2
         engine, remote = Recorder(refuse=True), Recorder()
-        self.primary(engine).start()
+        self.primary(engine, retry).start()
         await self.listen(self.secondary(remote))
-        await self.until(lambda: len(engine.lost) == 1)
-        await sleep(RETRY * 6)
-        self.assertEqual((self.accepted, len(engine.ready)), (1, 1))
+        await self.until(lambda: self.accepted == 4)
+        gaps = [later - earlier for earlier, later in itertools.pairwise(self.accepted_at)]
+        self.assertGreaterEqual(gaps[0], retry * 0.9, gaps)
+        for shorter, longer in itertools.pairwise(gaps):
+            self.assertGreater(longer, shorter * 1.4, gaps)
+        self.assertEqual(len(engine.ready), 4)
 
     @async_test
     async def test_stop_never_cuts_the_engines_link(self) -> None:
