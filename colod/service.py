@@ -277,7 +277,9 @@ def takeover_policy(config: Config, domain: DomainConfig, reactor: Any) -> Takeo
                             peer=config.peer.node_name or "")
     if failover.policy is PolicyName.MANUAL:
         return Manual()
-    return HeartbeatOnly()
+    if failover.policy is PolicyName.HEARTBEAT_ONLY:
+        return HeartbeatOnly()
+    raise ProtectionError(f"failover policy {failover.policy.value} is not built into this colod yet")
 
 
 class ColodService(MultiService):

@@ -45,6 +45,7 @@ class PolicyName(enum.StrEnum):
     FENCE = "fence"
     MANUAL = "manual"
     HEARTBEAT_ONLY = "heartbeat-only"
+    ETCD = "etcd"
 
 
 @attrs.frozen
