@@ -5,7 +5,8 @@ A plain QEMU guest is fenced by SIGSTOP of its QEMU, whose pid is found from
 the QMP socket colod was given: the kernel records the listening process's
 credentials on the socket, and a connection to it reads them (SO_PEERCRED),
 with no help from QEMU and before QEMU accepts it.  A Xen domain is fenced
-with ``xl pause``.
+with ``xl pause``.  The guard writes to colod's own stderr (the journal, under
+systemd), which outlives colod: what it says when colod died is kept.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ class GuardProcess(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self._on_ended = on_ended
         self._ending = False
-        self._said = b""
 
     @classmethod
     def start(cls, reactor: IReactorProcess, domain: DomainConfig,
@@ -78,7 +78,7 @@ class GuardProcess(ProcessProtocol):
         guard = cls(domain.name, on_ended)
         argv = guard_argv(domain)
         try:
-            reactor.spawnProcess(guard, argv[0], argv, env=dict(os.environ))
+            reactor.spawnProcess(guard, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: 2, 2: 2})
         except OSError as e:
             raise GuardError(f"cannot start the guard: {e}") from None
         return guard
@@ -96,13 +96,9 @@ class GuardProcess(ProcessProtocol):
             self.transport.closeStdin()
         return self.ended
 
-    def errReceived(self, data: bytes) -> None:
-        self._said += data
-        *lines, self._said = self._said.split(b"\n")
-        for line in lines:
-            self.log.critical("domain {domain}: {line}", domain=self.name, line=line.decode(errors="replace"))
-
     def processEnded(self, reason: Failure) -> None:
         if not self._ending:
+            self.log.critical("domain {domain}: its guard ended: {why}", domain=self.name,
+                              why=reason.getErrorMessage())
             self._on_ended(f"its guard process ended ({reason.getErrorMessage()})")
         self.ended.callback(None)
