@@ -219,6 +219,8 @@ class DomainService(Service):
     async def _own(self, seat: EtcdSeat, generation: Generation) -> None:
         """Own the domain in etcd, or halt its guest here and fail: another node may run it."""
         result = await seat.own(generation.value)
+        while result.won and not seat.safe():  # its lease lapsed meanwhile: own it again, on a safe one
+            result = await seat.own(generation.value)
         if not result.won and result.owner is None and result.epoch < generation.value:
             raise ProtectionError(
                 f"etcd's epoch for the domain is {result.epoch}, older than this node's generation "

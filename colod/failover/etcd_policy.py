@@ -74,10 +74,13 @@ class EtcdSeat:
         self.keeper: LeaseKeeper | None = None
         self.ownership: Ownership | None = None
         self._stopped = False
+        self._leasing: Deferred[LeaseKeeper] | None = None
 
     def lease(self) -> Deferred[LeaseKeeper]:
-        """A granted lease, kept alive: tries until etcd grants one, backing off, a log line per try."""
-        return Deferred.fromCoroutine(self._lease())
+        """A granted lease, kept alive: tries until etcd grants one (or stop()), backing off, a log line per
+        try."""
+        self._leasing = Deferred.fromCoroutine(self._lease())
+        return self._leasing
 
     async def _lease(self) -> LeaseKeeper:
         delay = FIRST_DELAY
@@ -99,8 +102,9 @@ class EtcdSeat:
         self.keeper = self.ownership = None
         self._on_lost(why)
         if not self._stopped:
-            self.lease().addErrback(lambda failure: self.log.failure(
-                "domain {domain}: granting a new etcd lease", failure, domain=self.domain))
+            self.lease().addErrback(lambda failure: None if failure.check(defer.CancelledError) else
+                                    self.log.failure("domain {domain}: granting a new etcd lease", failure,
+                                                     domain=self.domain))
 
     def claim(self, known_epoch: int) -> Deferred[ClaimResult]:
         """Claim the domain in epoch ``known_epoch + 1`` (colod.failover.ownership).  @raise NotLeased."""
@@ -133,6 +137,8 @@ class EtcdSeat:
     def stop(self) -> Deferred[None]:
         """Stop renewing, and revoke the lease (its owner key goes with it)."""
         self._stopped = True
+        if self._leasing is not None and not self._leasing.called:
+            self._leasing.cancel()
         keeper, self.keeper, self.ownership = self.keeper, None, None
         if keeper is None:
             return defer.succeed(None)

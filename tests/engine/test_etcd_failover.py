@@ -11,13 +11,20 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 from twisted.internet import reactor
 
+from colod.config import FailoverConfig
 from colod.failover.etcd import EtcdClient
+from colod.failover.etcd_policy import EtcdSeat
+from colod.failover.monotonic import MonotonicClock
+from colod.failover.policy import PolicyName
+from colod.reactor import asyncio_loop
 from colod.testing.etcd import EtcdServer
-from colod.testing.lab import Lab, LabError
+from colod.testing.lab import Lab, LabError, Poll
+from colod.testing.qmp_blocking import QMPClient
 from colod.testing.relay import Relay
 from tests.cluster import ClusterTestCase, Direction, wait
 from tests.rig import async_test, sleep
@@ -44,6 +51,20 @@ class EtcdFailoverTests(ClusterTestCase):
         self.addCleanup(lab.primary.kill_qemu)
         self.addCleanup(lab.primary.kill_daemon)
         return lab
+
+    def prepared(self) -> Lab:
+        """The lab under the etcd policy, its etcd and QEMUs started, its daemons not."""
+        self.lab = lab = Lab(self.workdir, etcd=EtcdServer(self.workdir), etcd_lease_ttl=TTL)
+        self.addCleanup(lab.close)
+        lab.prepare()
+        lab.start_qemus()
+        return lab
+
+    def run_guest(self, lab: Lab) -> None:
+        """The primary's guest runs, as it does before colod starts."""
+        with closing(QMPClient(str(lab.primary.monitor))) as qmp:
+            qmp.execute("cont")
+        self.assertEqual(lab.primary.qemu_status(), "running")
 
     async def owner(self, lab: Lab) -> dict[str, Any] | None:
         assert lab.etcd is not None
@@ -137,3 +158,38 @@ class EtcdFailoverTests(ClusterTestCase):
         self.assertEqual(lab.primary.qemu_status(), "running")
         self.assertEqual(await self.owner(lab), {"epoch": 1, "node": "host-a"})
         await self.assertGuestRuns()
+
+    @async_test
+    async def test_a_primary_waits_for_etcd_and_leaves_its_guest_alone(self) -> None:
+        lab = self.prepared()
+        assert lab.etcd is not None
+        lab.etcd.stop()
+        self.run_guest(lab)
+        lab.start_daemons()
+        await wait(Poll(lambda: lab.primary.logs().count("no etcd lease yet") >= 2 or None, 20.0,
+                        "two tries to reach etcd", lab.primary.context))
+        self.assertIsNone(lab.primary.status())
+        self.assertEqual(lab.primary.qemu_status(), "running")
+        lab.etcd.start()
+        protected = await wait(lab.until_protected())
+        self.assertEqual(protected["generation"], 1)
+        self.assertEqual(await self.owner(lab), {"epoch": 1, "node": "host-a"})
+
+    @async_test
+    async def test_a_primary_that_meets_another_owner_halts_its_guest(self) -> None:
+        lab = self.prepared()
+        assert lab.etcd is not None
+        failover = FailoverConfig(PolicyName.ETCD, etcd_endpoints=(lab.etcd.url,), etcd_lease_ttl=TTL)
+        other = EtcdSeat(failover, lab.domain, "host-b", reactor, MonotonicClock(asyncio_loop()))
+        self.addCleanup(other.stop)
+        self.assertTrue((await other.own(0)).won)
+        self.run_guest(lab)
+        lab.primary.start_daemon()
+        await wait(Poll(lambda: None if lab.primary.daemon_running() else True, 30.0, "colod's end",
+                        lab.primary.context))
+        self.assertEqual(lab.primary.stop_daemon(), 1)
+        self.assertIn("domain lab: etcd says host-b owns it in epoch 1, and this node's generation is 0: "
+                      "this node must never run it as primary; its guest here is halted; colod stops (exit "
+                      "status 1)", lab.primary.logs())
+        self.assertEqual(lab.primary.qemu_status(), "paused")
+        self.assertFalse((lab.primary.state_dir / lab.domain / "generation").exists())
