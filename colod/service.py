@@ -207,7 +207,7 @@ class DomainService(Service):
             else:
                 policy = takeover_policy(config, domain, self._reactor)
             self.engine = SecondaryEngine(*common, qmp, generation=generation, policy=policy,
-                               requests=OperatorRequest(config.state_dir, domain.name))
+                                          requests=OperatorRequest(config.state_dir, domain.name))
         self.engine.publish()
         try:
             self._peer = PeerEndpoint(config, domain, self.engine, self._reactor,
@@ -342,14 +342,14 @@ class DomainService(Service):
                                domain=self._domain.name, error=e)
         if self._peer is not None:
             yield self._peer.stop()
-        if self._guard is not None:
-            yield self._guard.end().addTimeout(STOP_DEADLINE, self._reactor)
-        if self._seat is not None:
-            try:
-                yield self._seat.stop().addTimeout(STOP_DEADLINE, self._reactor)
-            except Exception as e:  # noqa: BLE001 - the lease then expires by itself
-                self.log.warn("domain {domain}: revoking the etcd lease at stop: {error}",
-                              domain=self._domain.name, error=e)
+        for what, ending in (("ending the guard", self._guard and self._guard.end),
+                             ("revoking the etcd lease", self._seat and self._seat.stop)):
+            if ending:
+                try:
+                    yield ending().addTimeout(STOP_DEADLINE, self._reactor)
+                except Exception as e:  # noqa: BLE001 - stopping goes on (a lease expires by itself)
+                    self.log.warn("domain {domain}: {what} at stop: {error}", domain=self._domain.name,
+                                  what=what, error=e)
         if self._guest is not None:
             yield maybeDeferred(self._guest.close)
         for connection in (self._device_model, self.connection):

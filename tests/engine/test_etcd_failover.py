@@ -193,3 +193,14 @@ class EtcdFailoverTests(ClusterTestCase):
                       "status 1)", lab.primary.logs())
         self.assertEqual(lab.primary.qemu_status(), "paused")
         self.assertFalse((lab.primary.state_dir / lab.domain / "generation").exists())
+
+    @async_test
+    async def test_a_clean_stop_lets_the_guard_go_and_revokes_the_lease(self) -> None:
+        lab = await self.start_etcd_cluster()
+        await wait(lab.until_checkpoints(3, 10.0))
+        self.assertEqual(lab.primary.stop_daemon(), 0)
+        self.assertIn("colod guard: domain lab: colod stopped cleanly; not fencing", lab.primary.logs())
+        self.assertIsNone(await self.owner(lab))
+        await sleep(TTL)  # past any deadline the guard had
+        self.assertFalse(lab.primary.qemu_stopped())
+        await self.assertGuestRuns()
