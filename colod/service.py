@@ -48,7 +48,7 @@ from colod.engine.peering import PeerEndpoint
 from colod.engine.primary import PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
 from colod.engine.status import StatusFile
-from colod.failover.etcd_policy import EtcdPolicy, EtcdSeat
+from colod.failover.etcd_policy import EtcdOperatorRequest, EtcdPolicy, EtcdSeat
 from colod.failover.guarding import GuardError, GuardProcess
 from colod.failover.monotonic import MonotonicClock
 from colod.failover.policy import (
@@ -202,12 +202,15 @@ class DomainService(Service):
         else:
             if self._seat is not None:
                 self._seat.lease().addErrback(self._protect_failed)
-                policy: TakeoverPolicy = EtcdPolicy(self._seat, lambda: generation.value, self._reactor,
-                                                    config.failover.etcd_timeout)
+                etcd = EtcdPolicy(self._seat, lambda: generation.value, self._reactor,
+                                  config.failover.etcd_timeout)
+                policy: TakeoverPolicy = etcd
+                requests: OperatorRequest = EtcdOperatorRequest(config.state_dir, domain.name, etcd)
             else:
                 policy = takeover_policy(config, domain, self._reactor)
+                requests = OperatorRequest(config.state_dir, domain.name)
             self.engine = SecondaryEngine(*common, qmp, generation=generation, policy=policy,
-                                          requests=OperatorRequest(config.state_dir, domain.name))
+                                          requests=requests)
         self.engine.publish()
         try:
             self._peer = PeerEndpoint(config, domain, self.engine, self._reactor,

@@ -15,6 +15,8 @@ for a domain is the domain's generation (colod.engine.generation):
   (L{EtcdPolicy}): the claim wins only once the primary's lease has expired
   (a live primary keeps its owner key) and only if no node took the domain
   in a newer epoch; the epoch won is the generation the takeover then writes.
+  An operator's request to take over needs a won claim too
+  (L{EtcdOperatorRequest}): etcd, not a person, breaks the tie.
 
 etcd's linearizable transactions and lease expiry carry the safety: a claim
 that wins is the only one for its epoch, and the loser of a partition is the
@@ -35,7 +37,7 @@ from colod.config import FailoverConfig
 from colod.failover.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from colod.failover.lease import LeaseKeeper
 from colod.failover.ownership import ClaimResult, MalformedRecord, NotLeased, Ownership
-from colod.failover.policy import PolicyName, Verdict
+from colod.failover.policy import OperatorRequest, PolicyName, Verdict
 
 #: Seconds between two claims of a secondary deciding a takeover.
 CLAIM_INTERVAL = 1.0
@@ -167,11 +169,14 @@ class EtcdPolicy:
     def decide(self) -> Deferred[Verdict]:
         return Deferred.fromCoroutine(self._decide())
 
+    def claim_once(self) -> Deferred[Verdict]:
+        """One claim, and what it says."""
+        return Deferred.fromCoroutine(self._try(self._generation()))
+
     async def _decide(self) -> Verdict:
         began = self._reactor.seconds()
         while True:
-            known = self._generation()
-            verdict = await self._try(known)
+            verdict = await self._try(self._generation())
             if verdict.allowed or self._reactor.seconds() - began >= self.deadline:
                 return verdict
             await deferLater(self._reactor, CLAIM_INTERVAL, lambda: None)
@@ -202,3 +207,46 @@ class EtcdPolicy:
                                   f"{result.owner.epoch}): its lease is alive, so may be its guest")
         return Verdict(False, f"etcd's epoch for {domain} is {result.epoch}, older than this node's "
                               f"generation {known}: etcd lost data, or another cluster's")
+
+
+class EtcdOperatorRequest(OperatorRequest):
+    """An operator's request to take over, handed to the engine only once this node wins the domain in etcd.
+
+    A request found makes one claim (L{EtcdPolicy.claim_once}); it is handed
+    over at the next look if the claim won, and dropped, with the reason in
+    the log, if it lost: a primary that still holds its lease may run its
+    guest, whatever the operator believes.  The engine's first take() removes
+    a request left from before its start (colod.engine.secondary): that one
+    is passed through unclaimed.
+    """
+
+    log = Logger()
+
+    def __init__(self, state_dir: str, domain: str, policy: EtcdPolicy) -> None:
+        super().__init__(state_dir, domain)
+        self._domain = domain
+        self._policy = policy
+        self._started = False
+        self._claiming = False
+        self._granted: str | None = None
+
+    def take(self) -> str | None:
+        if not self._started:
+            self._started = True
+            return super().take()
+        granted, self._granted = self._granted, None
+        if granted is not None or self._claiming:
+            return granted
+        by = super().take()
+        if by is not None:
+            self._claiming = True
+            self._policy.claim_once().addCallback(self._answered, by)
+        return None
+
+    def _answered(self, verdict: Verdict, by: str) -> None:
+        self._claiming = False
+        if verdict.allowed:
+            self._granted = f"{by}; {verdict.why}"
+        else:
+            self.log.error("domain {domain}: the operator's takeover request ({by}) is refused: {why}",
+                           domain=self._domain, by=by, why=verdict.why)

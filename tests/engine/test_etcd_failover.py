@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -23,7 +24,7 @@ from colod.failover.monotonic import MonotonicClock
 from colod.failover.policy import PolicyName
 from colod.reactor import asyncio_loop
 from colod.testing.etcd import EtcdServer
-from colod.testing.lab import Lab, LabError, Poll
+from colod.testing.lab import BIN, Lab, LabError, Poll
 from colod.testing.qmp_blocking import QMPClient
 from colod.testing.relay import Relay
 from tests.cluster import ClusterTestCase, Direction, wait
@@ -158,6 +159,15 @@ class EtcdFailoverTests(ClusterTestCase):
         self.assertEqual(lab.primary.qemu_status(), "running")
         self.assertEqual(await self.owner(lab), {"epoch": 1, "node": "host-a"})
         await self.assertGuestRuns()
+        # An operator's request is refused too: the primary holds its lease.
+        command = [str(BIN / "colod"), "failover", "--config", str(lab.secondary.config), lab.domain]
+        asked = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        self.assertEqual(asked.returncode, 0, asked.stderr)
+        await wait(Poll(lambda: "the operator's takeover request (colod failover by" in lab.secondary.logs()
+                        or None, 10.0, "the request's refusal", lab.secondary.context))
+        self.assertIn("is refused: host-a still holds lab in etcd", lab.secondary.logs())
+        self.assertEqual((lab.secondary.status() or {}).get("state"), "awaiting_operator")
+        self.assertEqual(lab.primary.qemu_status(), "running")
 
     @async_test
     async def test_a_primary_waits_for_etcd_and_leaves_its_guest_alone(self) -> None:

@@ -8,12 +8,12 @@ import time
 from twisted.internet import reactor
 
 from colod.config import FailoverConfig
-from colod.failover.etcd_policy import EtcdPolicy, EtcdSeat
+from colod.failover.etcd_policy import EtcdOperatorRequest, EtcdPolicy, EtcdSeat
 from colod.failover.monotonic import MonotonicClock
 from colod.failover.policy import PolicyName
 from colod.reactor import asyncio_loop
 from tests.failover.rig import CALL_TIMEOUT, EtcdTestCase, dead_url
-from tests.rig import async_test
+from tests.rig import async_test, sleep
 
 #: The lease's TTL in these tests (seconds).
 TTL = 2
@@ -94,3 +94,34 @@ class EtcdPolicyTests(EtcdTestCase):
         self.assertFalse(verdict.allowed)
         self.assertRegex(verdict.why, "^this node's etcd lease is not safe to act on \\(no etcd lease yet to "
                                       "claim guest1 with\\)$")
+
+    async def looks(self, request: EtcdOperatorRequest, seconds: float = 5.0) -> str | None:
+        """What the engine's looks at ``request`` find within ``seconds`` (one every 0.05 s): the first."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            found = request.take()
+            if found is not None:
+                return found
+            await sleep(0.05)
+        return None
+
+    @async_test
+    async def test_an_operator_request_needs_a_won_claim(self) -> None:
+        etcd = self.start_etcd()
+        primary = self.seat("host-a", etcd.url)
+        self.assertTrue((await primary.own(0)).won)
+        secondary = self.seat("host-b", etcd.url)
+        await secondary.lease()
+        request = EtcdOperatorRequest(str(self.workdir), "guest1", self.policy(secondary, 1))
+        request.path.parent.mkdir(parents=True)
+        request.write("an operator from before")
+        # The engine's first look removes a request from before its start: unclaimed.
+        self.assertEqual(request.take(), "an operator from before")
+
+        request.write("an operator")
+        self.assertIsNone(await self.looks(request, 2.0))
+        self.assertFalse(request.path.exists())  # refused (the primary holds its lease): dropped
+
+        await primary.stop()
+        request.write("an operator")
+        self.assertEqual(await self.looks(request), "an operator; this node owns guest1 in etcd now, epoch 2")
