@@ -175,6 +175,14 @@ class FailoverConfig:
     #: The fence policy's command, an argv list ({domain} and {peer} filled in); empty otherwise.
     fence_command: tuple[str, ...] = ()
     fence_timeout: float = 60.0
+    #: The etcd policy's cluster (``http://host:port`` each); empty otherwise.
+    etcd_endpoints: tuple[str, ...] = ()
+    #: Seconds etcd keeps this node's lease after its last renewal.
+    etcd_lease_ttl: int = 10
+    #: Where the domains' keys live in etcd (colod.failover.ownership).
+    etcd_prefix: str = "/colod/"
+    #: Seconds one etcd call may take, every endpoint tried.
+    etcd_timeout: float = 2.0
 
 
 @attrs.frozen
@@ -313,6 +321,10 @@ HEARTBEAT_TIMEOUT = (0.1, 600.0)
 COMMAND_TIMEOUT = (0.1, 600.0)
 CONNECT_TIMEOUT = (0.1, 3600.0)
 FENCE_TIMEOUT = (0.1, 3600.0)
+ETCD_TIMEOUT = (0.1, 60.0)
+#: The etcd lease's TTL, in whole seconds (etcd's own unit): below 2 a renewal every TTL/3 would race its
+#: own deadline; above 600 a dead primary's guest would wait ten minutes for its takeover.
+ETCD_LEASE_TTL = (2, 600)
 
 
 def _absolute_path(v: str) -> str | None:
@@ -484,15 +496,26 @@ def _failover(top: _Table) -> FailoverConfig:
                        f"{', '.join(policies)} (docs/engine.md, Failover)")
     table = top.table("failover")
     policy = PolicyName(table.take("policy", str, check=_one_of(policies)))
+    keys_of = {PolicyName.FENCE: ("fence_command", "fence_timeout"),
+               PolicyName.ETCD: ("etcd_endpoints", "etcd_lease_ttl", "etcd_prefix", "etcd_timeout")}
+    for owner, keys in keys_of.items():
+        for key in keys:
+            if owner is not policy and table.has(key):
+                raise table.fail(key, f"is read only with policy = \"{owner.value}\" (policy is "
+                                      f"{policy.value!r})")
+    failover = FailoverConfig(policy)
     if policy is PolicyName.FENCE:
         command = table.take("fence_command", list, check=_fence_command)
         failover = FailoverConfig(policy, tuple(command),
                                   table.take("fence_timeout", float, 60.0, check=_seconds(*FENCE_TIMEOUT)))
-    else:
-        for key in ("fence_command", "fence_timeout"):
-            if table.has(key):
-                raise table.fail(key, f"is read only with policy = \"fence\" (policy is {policy.value!r})")
-        failover = FailoverConfig(policy)
+    elif policy is PolicyName.ETCD:
+        endpoints: list[str] = table.take("etcd_endpoints", list, check=_etcd_endpoints)
+        failover = FailoverConfig(
+            policy,
+            etcd_endpoints=tuple(endpoints),
+            etcd_lease_ttl=table.take("etcd_lease_ttl", int, 10, check=_whole_seconds(*ETCD_LEASE_TTL)),
+            etcd_prefix=table.take("etcd_prefix", str, "/colod/", check=_etcd_prefix),
+            etcd_timeout=table.take("etcd_timeout", float, 2.0, check=_seconds(*ETCD_TIMEOUT)))
     table.done()
     return failover
 
@@ -511,6 +534,29 @@ def _fence_command(argv: list[Any]) -> str | None:
             if placeholder not in PLACEHOLDERS:
                 return f"{placeholder} is not a placeholder colod fills in (only {', '.join(PLACEHOLDERS)})"
     return None
+
+
+def _etcd_endpoints(urls: list[Any]) -> str | None:
+    if not urls:
+        return "needs at least one etcd member's URL"
+    for url in urls:
+        if not isinstance(url, str):
+            return "must be a list of strings, one http://HOST:PORT URL per etcd member"
+        if url.startswith("https://"):
+            return f"{url}: https is not supported yet; use http://HOST:PORT on a trusted network"
+        host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+        if not url.startswith("http://") or not host or "/" in host or not port.isdigit() \
+                or not 0 < int(port) < 65536:
+            return f"{url}: must be http://HOST:PORT"
+    return None
+
+
+def _whole_seconds(low: int, high: int) -> Callable[[int], str | None]:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high} seconds"
+
+
+def _etcd_prefix(v: str) -> str | None:
+    return None if v.startswith("/") and v.endswith("/") else "must begin and end with /"
 
 
 def _tls(top: _Table, node_name: str) -> TLSConfig:

@@ -15,6 +15,15 @@ What stops a domain being protected at all (colod.startup's checks at start,
 a QEMU without the COLO commands, a peer port taken, a memory image it cannot
 use) ends colod: one line in the log and exit status 1 (ColodService.fail),
 so that a service manager sees the failure rather than a daemon that idles.
+
+Under the etcd failover policy (colod.failover.etcd_policy) each domain has
+a seat in etcd: a lease kept alive.  The primary claims the domain before
+its engine runs, with its generation as the epoch it knows; it protects the
+guest only once it has won (the won epoch becomes its generation), and halts
+its guest and ends if another node owns the domain or etcd's epoch is newer.
+From then on a lease it may lose fences the guest (the engine's ``fenced``),
+and so does its guard process (colod.failover.guard) should colod die or
+freeze.  The secondary claims through its policy when its primary is lost.
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ from colod.engine.peering import PeerEndpoint
 from colod.engine.primary import PrimaryEngine
 from colod.engine.secondary import SecondaryEngine
 from colod.engine.status import StatusFile
+from colod.failover.etcd_policy import EtcdOperatorRequest, EtcdPolicy, EtcdSeat
+from colod.failover.guarding import GuardError, GuardProcess
+from colod.failover.monotonic import MonotonicClock
 from colod.failover.policy import (
     FenceCommand,
     HeartbeatOnly,
@@ -51,6 +63,7 @@ from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine
 from colod.guest.qemu_guest import QemuGuest
 from colod.operations import OperationsService
 from colod.qmp import REQUIRED_COMMANDS, QemuInfo, QMPCapabilityError, QMPConnection, QMPFailure
+from colod.reactor import asyncio_loop
 from colod.retry import Retry
 from colod.role import Role
 from colod.tls import TLSFileError
@@ -102,6 +115,10 @@ class DomainService(Service):
         self._guest: Any = None  # the domain's guest engine (colod.guest.interfaces.IGuestEngine)
         self._domid: int | None = None
         self._peer: PeerEndpoint | None = None
+        #: The domain's seat in etcd, under the etcd policy (built with the engine).
+        self._seat: EtcdSeat | None = None
+        #: The primary's guard process, once it owns the domain in etcd.
+        self._guard: GuardProcess | None = None
         #: The version of the domain's QEMU, once reached (for status).
         self.qemu_version: str | None = None
 
@@ -179,15 +196,29 @@ class DomainService(Service):
         except GenerationError as e:
             raise ProtectionError(str(e)) from None
         common = (domain, config.node_name, self._guest, devices, self._reactor, status)
+        if config.failover.policy is PolicyName.ETCD:
+            self._seat = EtcdSeat(config.failover, domain.name, config.node_name, self._reactor,
+                                  MonotonicClock(asyncio_loop()), on_expiring=self._lease_lapsing,
+                                  on_lost=self._lease_lost, on_renewed=self._lease_renewed)
         if config.role is Role.PRIMARY:
             assert qmp is not None  # only a Xen secondary has none
+            if self._seat is not None:
+                await self._own(self._seat, generation)
             self.engine = PrimaryEngine(*common, qmp, generation=generation,
                                         interval=config.checkpoint_interval,
                                         checkpoint_timeout=checkpoint_timeout(config))
         else:
-            self.engine = SecondaryEngine(*common, qmp, generation=generation,
-                                          policy=takeover_policy(config, domain, self._reactor),
-                                          requests=OperatorRequest(config.state_dir, domain.name))
+            if self._seat is not None:
+                self._seat.lease().addErrback(self._protect_failed)
+                etcd = EtcdPolicy(self._seat, lambda: generation.value, self._reactor,
+                                  config.failover.etcd_timeout)
+                policy: TakeoverPolicy = etcd
+                requests: OperatorRequest = EtcdOperatorRequest(config.state_dir, domain.name, etcd)
+            else:
+                policy = takeover_policy(config, domain, self._reactor)
+                requests = OperatorRequest(config.state_dir, domain.name)
+            self.engine = SecondaryEngine(*common, qmp, generation=generation, policy=policy,
+                                          requests=requests)
         self.engine.publish()
         try:
             self._peer = PeerEndpoint(config, domain, self.engine, self._reactor,
@@ -195,6 +226,59 @@ class DomainService(Service):
         except TLSFileError as e:
             raise ProtectionError(f"tls.{e.key}: {e}") from None
         self._peer.start().addErrback(self._peer_failed)
+
+    async def _own(self, seat: EtcdSeat, generation: Generation) -> None:
+        """Own the domain in etcd, or halt its guest here and fail: another node may run it."""
+        result = await seat.own(generation.value)
+        while result.won and not seat.safe():  # its lease lapsed meanwhile: own it again, on a safe one
+            result = await seat.own(generation.value)
+        if not result.won and result.owner is None and result.epoch < generation.value:
+            raise ProtectionError(
+                f"etcd's epoch for the domain is {result.epoch}, older than this node's generation "
+                f"{generation.value}: etcd is new to it or lost its data; the guest is left as it is. If no "
+                f"node has a newer generation, set it: etcdctl put {seat.prefix}{self._domain.name}/epoch "
+                f"{generation.value}")
+        if not result.won:
+            owner = f"{result.owner.node} owns it" if result.owner else "nobody owns it"
+            why = (f"etcd says {owner} in epoch {result.epoch}, and this node's generation is "
+                   f"{generation.value}: this node must never run it as primary")
+            self.log.critical("domain {domain}: {why}; halting its guest here", domain=self._domain.name,
+                              why=why)
+            try:
+                await self._guest.halt()
+            except Exception as e:  # noqa: BLE001 - said in the one line colod ends with
+                raise ProtectionError(f"{why}; halting its guest here FAILED: {e}") from None
+            raise ProtectionError(f"{why}; its guest here is halted")
+        try:
+            generation.advance(result.epoch)
+        except GenerationError as e:
+            raise ProtectionError(str(e)) from None
+        self.log.info("domain {domain}: this node owns it in etcd, epoch {epoch}", domain=self._domain.name,
+                      epoch=result.epoch)
+        try:
+            self._guard = GuardProcess.start(IReactorProcess(self._reactor), self._domain, self._guard_ended)
+        except GuardError as e:
+            raise ProtectionError(f"no guard for the guest, should colod die: {e}") from None
+        assert seat.keeper is not None and seat.keeper.deadline is not None
+        self._guard.renew(seat.keeper.deadline)
+
+    def _lease_renewed(self, deadline: float) -> None:
+        if self._guard is not None:
+            self._guard.renew(deadline)
+
+    def _lease_lapsing(self) -> None:
+        self._fence("its etcd lease was not renewed in time: it may expire, and the secondary take over")
+
+    def _lease_lost(self, why: str) -> None:
+        self._fence(f"its etcd lease is gone ({why})")
+
+    def _guard_ended(self, why: str) -> None:
+        self._fence(why)
+
+    def _fence(self, why: str) -> None:
+        """A primary that owns the domain stops its guest for good; otherwise nothing runs as owner here."""
+        if isinstance(self.engine, PrimaryEngine):
+            self.engine.fence(why)
 
     async def _device_model_qmp(self, qmp: QMPConnection) -> QMPConnection:
         """The QMP connection of the guest's device model: its own QEMU on a secondary that has one."""
@@ -269,6 +353,14 @@ class DomainService(Service):
                                domain=self._domain.name, error=e)
         if self._peer is not None:
             yield self._peer.stop()
+        for what, ending in (("ending the guard", self._guard and self._guard.end),
+                             ("revoking the etcd lease", self._seat and self._seat.stop)):
+            if ending:
+                try:
+                    yield ending().addTimeout(STOP_DEADLINE, self._reactor)
+                except Exception as e:  # noqa: BLE001 - stopping goes on (a lease expires by itself)
+                    self.log.warn("domain {domain}: {what} at stop: {error}", domain=self._domain.name,
+                                  what=what, error=e)
         if self._guest is not None:
             yield maybeDeferred(self._guest.close)
         for connection in (self._device_model, self.connection):
@@ -285,7 +377,9 @@ def takeover_policy(config: Config, domain: DomainConfig, reactor: Any) -> Takeo
                             peer=config.peer.node_name or "")
     if failover.policy is PolicyName.MANUAL:
         return Manual()
-    return HeartbeatOnly()
+    if failover.policy is PolicyName.HEARTBEAT_ONLY:
+        return HeartbeatOnly()
+    raise ProtectionError(f"failover policy {failover.policy.value} needs the domain's etcd seat")
 
 
 class ColodService(MultiService):

@@ -139,6 +139,16 @@ class ExampleConfigTests(ScratchTestCase):
         self.assertEqual(loaded.failover, config.FailoverConfig(
             PolicyName.FENCE, ("/bin/true", "--off", "{peer}", "{domain}"), 30.0))
 
+    def test_etcd_policy(self) -> None:
+        """The etcd policy's endpoints as written, and its defaults: a 10 s lease, /colod/, 2 s a call."""
+        loaded = config.parse(__import__("tomllib").loads(edited(
+            '[failover]\npolicy = "manual"\n',
+            '[failover]\npolicy = "etcd"\netcd_endpoints = ["http://192.0.2.5:2379", "http://etcd2:2379/"]\n')),
+            "good.toml")
+        self.assertEqual(loaded.failover, config.FailoverConfig(
+            PolicyName.ETCD, etcd_endpoints=("http://192.0.2.5:2379", "http://etcd2:2379/"),
+            etcd_lease_ttl=10, etcd_prefix="/colod/", etcd_timeout=2.0))
+
     def test_defaults(self) -> None:
         """Keys left out take the documented defaults."""
         loaded = config.parse(__import__("tomllib").loads(GOOD), "good.toml")

@@ -15,6 +15,11 @@ The secondary's SVM_READY means it has applied the whole checkpoint, disks
 included, so the guest never runs ahead of what the secondary can fail over
 to.  Losing the secondary, or a protocol error, drops it: replication is
 detached, the guest resumes if it was suspended, and runs on unprotected.
+
+Two things stop the guest for good: a peer of a newer generation (superseded:
+the domain was taken over from this node) and, under the etcd policy, a lease
+this node can no longer count on (fenced: colod.failover.etcd_policy), which
+the secondary may win once it has lapsed.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class PrimaryState(StrEnum):
     UNPROTECTED = "unprotected"
     GUEST_LOST = "guest_lost"
     SUPERSEDED = "superseded"
+    FENCED = "fenced"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -117,6 +123,9 @@ class PrimaryInputs(EngineInputs, Protocol):
 
     def superseded(self, why: str) -> None:
         """A peer of a newer generation linked: another node runs the guest now."""
+
+    def fenced(self, why: str) -> None:
+        """This node may lose the domain to its secondary any moment (its etcd lease may lapse)."""
 
     def halted(self) -> None:
         """The guest is stopped for good."""
@@ -201,6 +210,10 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
 
     def publish(self, **extra: object) -> None:
         super().publish(checkpoints_paused=self.paused, **extra)
+
+    def fence(self, why: str) -> None:
+        """This node may lose the domain any moment (colod.failover.etcd_policy): stop the guest for good."""
+        self.machine.fenced(why)
 
     # -- EngineCore ------------------------------------------------------------
 
@@ -380,6 +393,7 @@ DroppingSecondary = _machine.state(_S.DROPPING_SECONDARY)
 Unprotected = _machine.state(_S.UNPROTECTED)
 GuestLost = _machine.state(_S.GUEST_LOST)
 Superseded = _machine.state(_S.SUPERSEDED)
+Fenced = _machine.state(_S.FENCED)
 Stopping = _machine.state(_S.STOPPING)
 Stopped = _machine.state(_S.STOPPED)
 
@@ -389,7 +403,9 @@ _REPLICATING = (SendingFirstCopy, AwaitingSvmReady, Resuming, AwaitingSvmResumed
 #: Where a requested checkpoint waits for its turn.
 _ROUND_UNDER_WAY = (WaitingForSecondary, *(state for state in _REPLICATING if state is not Protected))
 #: Where a requested checkpoint can no longer happen.
-_PAST_PROTECTION = (DroppingSecondary, Unprotected, GuestLost, Superseded, Stopping, Stopped)
+_PAST_PROTECTION = (DroppingSecondary, Unprotected, GuestLost, Superseded, Fenced, Stopping, Stopped)
+#: Where the guest runs, or may run again, as this node's primary.
+_LIVE = (WaitingForSecondary, *_REPLICATING, DroppingSecondary, Unprotected)
 
 # Behaviour-less transitions.
 _machine.upon(SendingFirstCopy, _I.first_copy_sent, AwaitingSvmReady)(nothing)
@@ -498,7 +514,7 @@ def _ignore_loss(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure)
                     why=describe(reason))
 
 
-@_machine.upon((WaitingForSecondary, *_REPLICATING, DroppingSecondary, Unprotected), _I.qemu_lost, GuestLost)
+@_machine.upon(_LIVE, _I.qemu_lost, GuestLost)
 def _abandon(machine: PrimaryInputs, engine: PrimaryEngine, reason: str) -> None:
     """The guest is gone: close the link so that the secondary takes over at once."""
     engine.error = f"the guest's QEMU is gone: {reason}"
@@ -512,7 +528,7 @@ def _abandon(machine: PrimaryInputs, engine: PrimaryEngine, reason: str) -> None
     engine.publish()
 
 
-@_machine.upon((WaitingForSecondary, *_REPLICATING, DroppingSecondary, Unprotected), _I.stop, Stopping)
+@_machine.upon(_LIVE, _I.stop, Stopping)
 def _begin_stop(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
     engine.error = "colod stopped; the guest runs on unprotected"
     link, engine.link = engine.link, None
@@ -524,26 +540,41 @@ def _begin_stop(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
 
 
 @_machine.upon((WaitingForSecondary, DroppingSecondary, Unprotected), _I.superseded, Superseded)
-def _halt_for_good(machine: PrimaryInputs, engine: PrimaryEngine, why: str) -> None:
+def _halt_superseded(machine: PrimaryInputs, engine: PrimaryEngine, why: str) -> None:
     """Whatever this node was doing with its guest, another runs it: stop it, and never resume it."""
-    engine.error = f"SUPERSEDED: {why}; the guest here is stopped for good"
+    _halt_for_good(machine, engine, f"SUPERSEDED: {why}")
+
+
+@_machine.upon(_LIVE, _I.fenced, Fenced)
+def _fence(machine: PrimaryInputs, engine: PrimaryEngine, why: str) -> None:
+    """The secondary may own the domain soon: stop the guest for good, and close the link without an end
+    record, so that the secondary asks its policy (which wins only once this node's lease lapsed)."""
+    _halt_for_good(machine, engine, f"FENCED: {why}")
+
+
+def _halt_for_good(machine: PrimaryInputs, engine: PrimaryEngine, error: str) -> None:
+    engine.error = f"{error}; the guest here is stopped for good"
     engine.log.critical("domain {domain}: {error}. Make sure which copy holds the newest data before "
                         "anything else", domain=engine.domain.name, error=engine.error)
     engine._unprotect()
+    link, engine.link = engine.link, None
+    if link is not None:
+        link.close()
     engine.new_epoch()
     engine.publish()
     engine.run_step(engine.guest.halt, machine.halted)
 
 
-_machine.upon(Superseded, _I.halted)(nothing)
-_machine.upon(Superseded, _I.secondary_lost)(nothing)
-_machine.upon(Superseded, _I.qemu_lost)(nothing)
-_machine.upon(Superseded, _I.stop)(nothing)
+for _stopped_for_good in (Superseded, Fenced):
+    for _input in (_I.halted, _I.secondary_lost, _I.qemu_lost, _I.stop, _I.fenced):
+        _machine.upon(_stopped_for_good, _input)(nothing)
+_machine.upon(Fenced, _I.superseded)(nothing)
+_machine.upon((GuestLost, Stopping, Stopped), _I.fenced)(nothing)
 
 
-@_machine.upon(Superseded, _I.step_failed)
+@_machine.upon((Superseded, Fenced), _I.step_failed)
 def _halt_failed(machine: PrimaryInputs, engine: PrimaryEngine, reason: Failure) -> None:
-    engine.cleanup_failed("stopping the superseded guest", reason)
+    engine.cleanup_failed("stopping the guest for good", reason)
     engine.publish()
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
-from automat import NoTransition
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
@@ -199,15 +198,15 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
             self.machine.primary_lost(end.reason)
 
     def request_failover(self, by: str) -> None:
-        """An operator's "take over now" (``by``: who, for the log).
+        """An operator's "take over now" (``by``: who, for the log), as a request the engine takes up at
+        its next look, the way ``colod failover``'s is: under the etcd policy only once a claim won.
 
         @raise FailoverNotAwaited: this engine is not waiting for one.
         """
-        try:
-            self.machine.operator_failover(by)
-        except NoTransition:
+        if self.state is not SecondaryState.AWAITING_OPERATOR:
             raise FailoverNotAwaited(f"domain {self.domain.name} is not waiting for a failover decision "
-                                     f"(it is {self.doing})") from None
+                                     f"(it is {self.doing})")
+        self.requests.write(by)
 
     # -- steps -----------------------------------------------------------------
 

@@ -43,13 +43,14 @@ class LeaseKeeper:
     ``clock`` gives the time and the timers: in the daemon a MonotonicClock
     (the reactor's own follow the wall clock: colod.failover.monotonic), in
     unit tests a task.Clock.  ``margin`` (seconds) defaults to MARGIN_SHARE of
-    the granted TTL.
+    the granted TTL.  ``on_renewed`` gets each later safe deadline (for colod.failover.guard).
     """
 
     log = Logger()
 
     def __init__(self, client: EtcdClient, ttl: int, *, clock: IReactorTime, on_expiring: Callable[[], None],
-                 on_lost: Callable[[str], None], margin: float | None = None) -> None:
+                 on_lost: Callable[[str], None], on_renewed: Callable[[float], None] = lambda deadline: None,
+                 margin: float | None = None) -> None:
         self.ttl = ttl
         self.lease: Lease | None = None
         #: When the last renewal that succeeded (or the grant) was sent: etcd cannot expire the lease
@@ -63,6 +64,7 @@ class LeaseKeeper:
         self._clock = clock
         self._on_expiring = on_expiring
         self._on_lost = on_lost
+        self._on_renewed = on_renewed
         self._margin = margin
         self._expiring = False
         self._stopped = False
@@ -109,6 +111,7 @@ class LeaseKeeper:
         margin = self._margin if self._margin is not None else ttl * MARGIN_SHARE
         if self.deadline is None or sent + ttl - margin > self.deadline:
             self.renewed_at, self.deadline = sent, sent + ttl - margin
+            self._on_renewed(self.deadline)
         if self._alarm is not None and self._alarm.active():
             self._alarm.cancel()
         now = self._clock.seconds()

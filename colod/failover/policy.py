@@ -11,6 +11,8 @@ who may know what no program here can.
   that must exit 0, within its timeout, before this node takes over: then the
   primary's host is known to be off.
 - C{manual}: always "no": the operator decides.
+- C{etcd}: yes once this node wins the domain in etcd, which it cannot while
+  the primary holds its lease (colod.failover.etcd_policy).
 - C{heartbeat-only}: always "yes": the primary's silence is taken for its
   death.  A partition or a stalled primary then makes two primaries; colod
   says so at start.
@@ -45,6 +47,7 @@ class PolicyName(enum.StrEnum):
     FENCE = "fence"
     MANUAL = "manual"
     HEARTBEAT_ONLY = "heartbeat-only"
+    ETCD = "etcd"
 
 
 @attrs.frozen

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
@@ -41,6 +41,9 @@ from colod.protocol.wire import PAGE_SIZE
 from colod.testing.qemu_process import QemuProcess, _die_with_parent
 from colod.testing.qmp_blocking import QMPClient
 from colod.testing.writer import Header, Verdict, verify
+
+if TYPE_CHECKING:  # colod.testing.etcd uses this module's helpers
+    from colod.testing.etcd import EtcdServer
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -303,6 +306,13 @@ class Node:
             if qemu is not None:
                 qemu.stop()
 
+    def qemu_stopped(self) -> bool:
+        """Whether the guest's QEMU process is stopped by a signal (state T): QMP cannot tell, as it does not
+        answer then."""
+        assert self.qemu is not None
+        with open(f"/proc/{self.qemu.pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
     def context(self) -> str:
         """For failure messages: the last status and the end of the daemon's log."""
         alive = "running" if self.daemon_running() else "not running"
@@ -329,6 +339,11 @@ class Lab:
     failover: str = 'policy = "heartbeat-only"'
     #: Whether each daemon serves metrics ([metrics] listen, on a port of its own).
     metrics: bool = False
+    #: An etcd the lab starts in prepare() (and stops), and whose policy it writes into both configurations.
+    etcd: EtcdServer | None = None
+    etcd_lease_ttl: int = 3
+    #: A node's way to etcd, by its name, where not straight (a relay in between).
+    etcd_urls: dict[str, str] = attrs.field(factory=dict)
     #: Where the secondary listens for the primary's link.
     secondary_port: int = attrs.field(factory=free_port)
     nbd_port: int = attrs.field(factory=free_port)
@@ -381,6 +396,8 @@ class Lab:
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(overlay), str(self.disk_size)],
                                check=True, timeout=30)
             MemoryImage.create(node.memory, self.memory_pages).close()
+        if self.etcd is not None:
+            self.etcd.start()
         command = [str(BIN / "colod"), "make-certs", "--dir", str(self.certs_dir),
                    *(node.name for node in self.nodes)]
         made = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -416,7 +433,7 @@ tls = {str(self.tls).lower()}
 {tls}
 
 [failover]
-{self.failover}
+{self._failover(node)}
 
 {metrics}
 
@@ -440,6 +457,12 @@ export_name = "{self.domain}-xvda"
 active_image = "{node.active}"
 hidden_image = "{node.hidden}"
 """
+
+    def _failover(self, node: Node) -> str:
+        if self.etcd is None:
+            return self.failover
+        return (f'policy = "etcd"\netcd_endpoints = ["{self.etcd_urls.get(node.name, self.etcd.url)}"]\n'
+                f"etcd_lease_ttl = {self.etcd_lease_ttl}\netcd_timeout = 1.0")
 
     def qemu_args(self, node: Node, *options: str) -> list[str]:
         """What ``colod qemu-args`` prints for ``node``, split as a shell would."""
@@ -559,4 +582,6 @@ hidden_image = "{node.hidden}"
         self.stop_writer()
         for node in self.nodes:
             node.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
         shutil.rmtree(self.fast_dir, ignore_errors=True)

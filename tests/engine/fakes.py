@@ -122,6 +122,9 @@ class FakeRequests:
     def take(self) -> str | None:
         return self.waiting.pop(0) if self.waiting else None
 
+    def write(self, by: str) -> None:
+        self.waiting.append(by)
+
 
 class FakeDevices:
     """Stands in for a DeviceGroup (colod.devices.group): each hook is a call in the World."""

@@ -181,6 +181,7 @@ APPLY: dict[str, Callable[[Harness], None]] = {
     "takeover_refused": lambda h: h.verdict(False),
     "operator_failover": Harness.operator_asks,
     "superseded": Harness.newer_peer_links,
+    "fenced": lambda h: h.engine.fence("the etcd lease may lapse"),  # type: ignore[attr-defined]
     "halted": Harness.step_ends,
     "drop_requested": lambda h: h.engine.drop(),
 }
@@ -204,6 +205,7 @@ PRIMARY_PATHS: dict[PrimaryState, list[str]] = {
     _P.UNPROTECTED: [*_FIRST_ROUND, "secondary_lost", "dropped"],
     _P.GUEST_LOST: ["qemu_lost"],
     _P.SUPERSEDED: ["superseded"],
+    _P.FENCED: ["fenced"],
     _P.STOPPING: [*_FIRST_ROUND, "stop"],
     _P.STOPPED: ["stop", "stop_done"],
 }
@@ -315,12 +317,27 @@ def _halts_for_good(case: TransitionTests, h: Harness) -> None:
     case.assertEqual(h.world.calls[-1], "halt")
 
 
+def _fences_for_good(link_ended: str | None) -> Check:
+    """Fenced: the link closed with no end record (the secondary asks its policy; ``link_ended`` None: there
+    was none), the guest stopped (once any step before is done), never resumed, the reason said."""
+    def check(case: TransitionTests, h: Harness) -> None:
+        case.assertIn("FENCED: the etcd lease may lapse; the guest here is stopped for good",
+                      h.engine.error or "")
+        case.assertEqual((h.link.ended, h.engine.link), (link_ended, None))
+        _published(state="fenced", protected=False)(case, h)
+        h.world.finish()
+        case.assertEqual(h.world.calls[-1], "halt")
+        case.assertNotIn("resume", h.world.calls[h.world.calls.index("halt"):])
+    return check
+
+
 def _primary_checks() -> dict[tuple[str, str], Check]:
     replicating = [_P.SENDING_FIRST_COPY, _P.AWAITING_SVM_READY, _P.RESUMING, _P.AWAITING_SVM_RESUMED,
                    _P.PROTECTED, _P.SUSPENDING, _P.AWAITING_SVM_SUSPENDED, _P.AWAITING_DIRTY_PFNS,
                    _P.SENDING_CHECKPOINT]
     waiting_turn = [_P.WAITING_FOR_SECONDARY, *(s for s in replicating if s is not _P.PROTECTED)]
-    past = [_P.DROPPING_SECONDARY, _P.UNPROTECTED, _P.GUEST_LOST, _P.SUPERSEDED, _P.STOPPING, _P.STOPPED]
+    past = [_P.DROPPING_SECONDARY, _P.UNPROTECTED, _P.GUEST_LOST, _P.SUPERSEDED, _P.FENCED, _P.STOPPING,
+            _P.STOPPED]
     checks: dict[tuple[str, str], Check] = {
         (_P.WAITING_FOR_SECONDARY, "link_ready"): _all(_called("copy_live"), _sent(LibxcContext())),
         (_P.SENDING_FIRST_COPY, "first_copy_sent"): _sent(Checkpoint(), CheckpointEnd()),
@@ -338,11 +355,7 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
         (_P.DROPPING_SECONDARY, "dropped"): _published(state="unprotected", protected=False),
         (_P.DROPPING_SECONDARY, "step_failed"): _all(
             _ended(None, "detaching the secondary's replication failed"), _published(state="unprotected")),
-        (_P.SUPERSEDED, "halted"): _nothing_more,
-        (_P.SUPERSEDED, "secondary_lost"): _nothing_more,
-        (_P.SUPERSEDED, "qemu_lost"): _nothing_more,
-        (_P.SUPERSEDED, "stop"): _nothing_more,
-        (_P.SUPERSEDED, "step_failed"): _ended(None, "stopping the superseded guest failed"),
+        (_P.FENCED, "superseded"): _nothing_more,
         (_P.GUEST_LOST, "secondary_lost"): _nothing_more,
         (_P.GUEST_LOST, "qemu_lost"): _nothing_more,
         (_P.GUEST_LOST, "stop"): _published(state="stopped"),
@@ -367,6 +380,16 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
         checks[state, "stop"] = _ended(None, "colod stopped")
     for state in (_P.WAITING_FOR_SECONDARY, _P.DROPPING_SECONDARY, _P.UNPROTECTED):
         checks[state, "superseded"] = _halts_for_good
+    for state in replicating:
+        checks[state, "fenced"] = _fences_for_good("closed")
+    for state in (_P.WAITING_FOR_SECONDARY, _P.DROPPING_SECONDARY, _P.UNPROTECTED):
+        checks[state, "fenced"] = _fences_for_good(None)
+    for state in (_P.SUPERSEDED, _P.FENCED):
+        for name in ("halted", "secondary_lost", "qemu_lost", "stop", "fenced"):
+            checks[state, name] = _nothing_more
+        checks[state, "step_failed"] = _ended(None, "stopping the guest for good failed")
+    for state in (_P.GUEST_LOST, _P.STOPPING, _P.STOPPED):
+        checks[state, "fenced"] = _nothing_more
     for state in waiting_turn:
         checks[state, "checkpoint_requested"] = _request_waits
     for state in past:
@@ -588,6 +611,18 @@ class TransitionTests(SynchronousTestCase):
         self.assertEqual(dict(h.engine.triggers), {"first": 1, "request": 2})
         h.clock.advance(INTERVAL)
         self.assertIs(h.engine.state, _P.SUSPENDING)
+        self.assert_stops_clean(h)
+
+    def test_an_operators_request_is_taken_at_the_next_look(self) -> None:
+        """colodctl's failover is a request like colod failover's (its policy's requests may claim
+        first): taken up at the engine's next look, not at once."""
+        h = Harness(Role.SECONDARY)
+        for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
+            APPLY[input](h)
+        h.engine.request_failover("colodctl")
+        self.assertEqual((h.engine.state, h.requests.waiting), (_S.AWAITING_OPERATOR, ["colodctl"]))
+        h.clock.advance(secondary.REQUEST_POLL_INTERVAL)
+        self.assertIs(h.engine.state, _S.FAILING_OVER)
         self.assert_stops_clean(h)
 
     def test_what_the_secondary_refuses(self) -> None:
