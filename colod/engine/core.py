@@ -13,7 +13,7 @@ that keep it honest:
   the machine has no transition for is a protocol error that names the record
   and the step, and ends replication cleanly;
 - the *step runner*: one local step at a time, each completion fed back as the
-  step's input.  Losing the peer starts a new *epoch*: a step of the old epoch
+  step's input.  Losing the peer starts a new *session*: a step of the old one
   still finishes its work (QEMU cannot be interrupted mid-command, and a
   checkpoint whose end has arrived is applied whole) but its completion is
   no longer fed to the machine, and the next step waits for it;
@@ -142,7 +142,7 @@ class EngineCore(ABC, Generic[Inputs, Name]):
         self.link: PeerLink | None = None
         self._inbox: deque[Record] = deque()
         self._busy = False
-        self._epoch = 0
+        self._session = 0
         self._tail: Deferred[None] = succeed(None)
 
     # -- what each side adds ---------------------------------------------------
@@ -165,8 +165,9 @@ class EngineCore(ABC, Generic[Inputs, Name]):
 
     @property
     def epoch(self) -> int:
-        """How many times the peer was lost: a step of an older epoch no longer counts."""
-        return self._epoch
+        """The domain's epoch, as operators and logs call it: its generation on this node
+        (colod.engine.generation), etcd's epoch under the etcd policy."""
+        return self.generation.value
 
     def request_checkpoint(self) -> Deferred[int]:
         """A checkpoint now: the primary's to start (PrimaryEngine)."""
@@ -210,7 +211,7 @@ class EngineCore(ABC, Generic[Inputs, Name]):
         where the machine would take an input only after that transition, and
         the records after it too soon: its end is fed on the clock's next turn.
         """
-        epoch = self._epoch
+        session = self._session
 
         def start(_: object) -> Deferred[Any]:
             self._busy = True
@@ -220,26 +221,26 @@ class EngineCore(ABC, Generic[Inputs, Name]):
             return result.addCallbacks(finished, failed)
 
         def finished(_: object) -> None:
-            self._feed(epoch, done)
+            self._feed(session, done)
 
         def failed(failure: Failure) -> None:
-            if epoch != self._epoch:
+            if session != self._session:
                 self.log.warn("domain {domain}: a step cut short by the peer's loss failed too: {why}",
                               domain=self.domain.name, why=failure.getErrorMessage())
             if failure.check(QMPDisconnected) or (self.qmp is not None and not self.qmp.connected):
                 # Not a failure of the step: the guest's QEMU is gone (the
                 # connection's own loss may be reported a moment later).
-                self._feed(epoch, lambda: self.machine.qemu_lost(failure.getErrorMessage()))
+                self._feed(session, lambda: self.machine.qemu_lost(failure.getErrorMessage()))
             else:
-                self._feed(epoch, lambda: self.machine.step_failed(failure))
+                self._feed(session, lambda: self.machine.step_failed(failure))
 
         self._tail.addCallback(start)
 
-    def _feed(self, epoch: int, done: Callable[[], None]) -> None:
-        """A step ended: feed its input (if its epoch still counts), then any waiting records."""
+    def _feed(self, session: int, done: Callable[[], None]) -> None:
+        """A step ended: feed its input (if its session still counts), then any waiting records."""
         self._busy = False
         try:
-            if epoch == self._epoch:
+            if session == self._session:
                 done()
             self.deliver()
         except Exception:  # noqa: BLE001 - the step chain must go on whatever the machine did
@@ -259,9 +260,9 @@ class EngineCore(ABC, Generic[Inputs, Name]):
         """The QMP connection to this node's QEMU is gone (the domain's service says so)."""
         self.machine.qemu_lost(reason)
 
-    def new_epoch(self) -> None:
+    def new_session(self) -> None:
         """The peer is gone: what its records and our steps for it would have led to no longer counts."""
-        self._epoch += 1
+        self._session += 1
         self._inbox.clear()
 
     def deliver(self) -> None:

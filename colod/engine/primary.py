@@ -342,7 +342,7 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
         link, self.link = self.link, None
         if link is not None:
             link.end(code, self.error)
-        self.new_epoch()
+        self.new_session()
 
     def _unprotect(self) -> None:
         """The guest is no longer protected: no checkpoint is running or will run."""
@@ -524,7 +524,7 @@ def _abandon(machine: PrimaryInputs, engine: PrimaryEngine, reason: str) -> None
     link, engine.link = engine.link, None
     if link is not None:
         link.close()
-    engine.new_epoch()
+    engine.new_session()
     engine.publish()
 
 
@@ -535,7 +535,7 @@ def _begin_stop(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
     if link is not None:
         link.end(ReplicationEndReason.SHUTDOWN, "colod on the primary is stopping; its guest runs on")
     engine._unprotect()
-    engine.new_epoch()
+    engine.new_session()
     engine.run_step(engine._stop_cleanup, machine.stop_done)
 
 
@@ -560,7 +560,7 @@ def _halt_for_good(machine: PrimaryInputs, engine: PrimaryEngine, error: str) ->
     link, engine.link = engine.link, None
     if link is not None:
         link.close()
-    engine.new_epoch()
+    engine.new_session()
     engine.publish()
     engine.run_step(engine.guest.halt, machine.halted)
 

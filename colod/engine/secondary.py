@@ -160,8 +160,8 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
                 return
         super().recordReceived(link, record)
 
-    def new_epoch(self) -> None:
-        super().new_epoch()
+    def new_session(self) -> None:
+        super().new_session()
         self._buffer.drop()
 
     def record_input(self, record: Record) -> bool:
@@ -230,11 +230,11 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
         self._send(await self.guest.dirty_pfn_list())
 
     def _decide(self) -> None:
-        """Ask the policy; its verdict counts only if nothing else happened meanwhile (same epoch)."""
-        epoch = self._epoch
+        """Ask the policy; its verdict counts only if nothing else happened meanwhile (same session)."""
+        session = self._session
 
         def verdict(verdict: Verdict) -> None:
-            if epoch == self._epoch:
+            if session == self._session:
                 if verdict.allowed:
                     self.machine.takeover_allowed(verdict.why)
                 else:
@@ -261,7 +261,7 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
 
     def _leave(self, code: ReplicationEndReason | None) -> None:
         """Leave protection and forget the primary: tell it why if the link is still up (code),
-        and start a new epoch."""
+        and start a new session."""
         self.protected = False
         link, self.link = self.link, None
         if link is not None:
@@ -269,7 +269,7 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
                 link.close()
             else:
                 link.end(code, self.error or "")
-        self.new_epoch()
+        self.new_session()
         self.publish()
 
 
@@ -354,7 +354,7 @@ def _forget_primary(machine: SecondaryInputs, engine: SecondaryEngine, reason: F
     engine.log.warn("domain {domain}: the primary left before a checkpoint was complete ({why}); "
                     "nothing to take over, waiting for a primary", domain=engine.domain.name,
                     why=describe(reason))
-    engine.new_epoch()
+    engine.new_session()
     engine.publish()
 
 

@@ -115,7 +115,7 @@ class ColodctlTests(ClusterTestCase):
                          r"^domain lab: drop done \(at checkpoint [0-9]+, dropping secondary\)\n$")
         primary = await self.until_state(lab.primary, "unprotected")
         self.assertEqual((primary["protected"], primary["peer"]["linked"], primary["epoch"]),
-                         (False, False, 1))
+                         (False, False, 0))  # a drop is no takeover: the domain's epoch stays
         self.assertEqual(primary["error"], "dropped on request on host-a (colodctl drop)")
         secondary = await self.until_state(lab.secondary, "ended")
         self.assertEqual((secondary["role"], secondary["failed_over"]), ("secondary", False))
@@ -134,8 +134,8 @@ class ColodctlTests(ClusterTestCase):
         lab.lose_primary_host()
         taken = await wait(Poll(lambda: (s := lab.secondary.ctl_status()["domains"][0])["failed_over"] and s
                                 or None, lab.heartbeat_timeout + 10.0, "the takeover"))
-        self.assertEqual((taken["role"], taken["state"], taken["protected"], taken["peer"]["linked"]),
-                         ("primary", "primary_unprotected", False, False))
+        self.assertEqual((taken["role"], taken["state"], taken["protected"], taken["peer"]["linked"],
+                          taken["epoch"]), ("primary", "primary_unprotected", False, False, 1))
         self.assertIn("primary lost", taken["error"])
         self.assertIn("lab on host-b: primary (took over), primary_unprotected since",
                       self.ctl_ok(lab.secondary, "status"))
@@ -165,7 +165,7 @@ class ColodctlTests(ClusterTestCase):
             events = [e for e in eventsFromJSONLogFile(f) if e.get("domain") == "lab"]
         [dropped] = [e for e in events if "running UNPROTECTED" in e["log_format"]]
         self.assertEqual((dropped["role"], dropped["epoch"], dropped["checkpoint"]),
-                         ("primary", 1, checkpoints))
+                         ("primary", 0, checkpoints))
         self.assertLess(len(events), 20)
         self.assertGreater(checkpoints, 40)
 
