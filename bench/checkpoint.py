@@ -78,7 +78,7 @@ from colod.protocol.peer import PeerLinkFactory
 from colod.protocol.wire import PAGE_SIZE
 from colod.qmp import QMPConnection
 from colod.reactor import use_asyncio_reactor
-from colod.testing.lab import free_port
+from colod.testing.processes import free_port
 from colod.testing.qemu_process import QemuProcess, reap_all
 
 MiB = 1 << 20

@@ -16,6 +16,7 @@ colod.startup's.
 from __future__ import annotations
 
 import codecs
+import enum
 import os
 import re
 import stat
@@ -28,7 +29,6 @@ import attrs
 
 from colod import tls as link_tls
 from colod.endpoints import client_problem, host_problem, server_problem, tcp_port
-from colod.failover.policy import PLACEHOLDERS, PolicyName
 from colod.role import Role
 
 DEFAULT_PATH = "/etc/colod/colod.toml"
@@ -165,6 +165,19 @@ class DomainConfig:
     # NBD's TLS; None for plaintext NBD, which the file must ask for (nbd_tls = false), and for a
     # Xen domain (no NBD).  The parser's default is TLS.
     nbd_tls: NbdTLS | None = None
+
+
+class PolicyName(enum.StrEnum):
+    """``[failover] policy``'s values (colod.failover.policy builds each)."""
+
+    FENCE = "fence"
+    MANUAL = "manual"
+    HEARTBEAT_ONLY = "heartbeat-only"
+    ETCD = "etcd"
+
+
+#: Placeholders a fence command's arguments may hold.
+PLACEHOLDERS = ("{domain}", "{peer}")
 
 
 @attrs.frozen

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from colod import startup
-from colod.config import Config, DomainConfig
+from colod.config import Config, DomainConfig, PolicyName
 from colod.devices import DeviceGroup, nbd_tls
 from colod.engine.core import EngineCore
 from colod.engine.generation import Generation, GenerationError
@@ -56,7 +56,6 @@ from colod.failover.policy import (
     HeartbeatOnly,
     Manual,
     OperatorRequest,
-    PolicyName,
     TakeoverPolicy,
 )
 from colod.guest.device_model import LOAD_COMMANDS, DeviceModelEngine

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from colod import config, tap
+from colod.config import PolicyName
 from colod.endpoints import client_problem, host_problem, server_problem
-from colod.failover.policy import PolicyName
 from colod.role import Role
-from colod.testing.lab import free_port
+from colod.testing.processes import free_port
 from tests import certs
 from tests.rig import ScratchTestCase
 

@@ -23,7 +23,7 @@ import attrs
 import pytest
 
 from colod.guest.memory_image import MemoryImage, dirty_map_path
-from colod.testing.lab import free_port
+from colod.testing.processes import free_port
 from tests.rig import TWISTD, QemuTestCase, wait_for_text
 from tests.test_config import GOOD, LISTEN
 

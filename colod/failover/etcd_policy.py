@@ -33,11 +33,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from colod.config import FailoverConfig
+from colod.config import FailoverConfig, PolicyName
 from colod.failover.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from colod.failover.lease import LeaseKeeper
 from colod.failover.ownership import ClaimResult, MalformedRecord, NotLeased, Ownership
-from colod.failover.policy import OperatorRequest, PolicyName, Verdict
+from colod.failover.policy import OperatorRequest, Verdict
 
 #: Seconds between two claims of a secondary deciding a takeover.
 CLAIM_INTERVAL = 1.0

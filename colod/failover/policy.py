@@ -20,7 +20,6 @@ who may know what no program here can.
 
 from __future__ import annotations
 
-import enum
 import os
 import signal
 import time
@@ -35,21 +34,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from colod.config import PolicyName
+
 #: The most of a fence command's output kept for the log.
 OUTPUT_KEPT = 2048
-#: Placeholders a fence command's arguments may hold.
-PLACEHOLDERS = ("{domain}", "{peer}")
-
-
-class PolicyName(enum.StrEnum):
-    """``[failover] policy``'s values."""
-
-    FENCE = "fence"
-    MANUAL = "manual"
-    HEARTBEAT_ONLY = "heartbeat-only"
-    ETCD = "etcd"
-
-
 @attrs.frozen
 class Verdict:
     """A policy's answer, and why, in words for the log and the status."""

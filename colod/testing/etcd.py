@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from colod.testing.lab import free_port, terminate
+from colod.testing.processes import free_port, terminate
 from colod.testing.qemu_process import _die_with_parent
 
 ETCD_BINARY = "/usr/bin/etcd"

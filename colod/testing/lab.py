@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,19 +29,18 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 
 from colod import certs
 from colod.guest.memory_image import MemoryImage
 from colod.protocol.wire import PAGE_SIZE
+from colod.testing.etcd import EtcdServer
+from colod.testing.processes import free_port, terminate
 from colod.testing.qemu_process import QemuProcess, _die_with_parent
 from colod.testing.qmp_blocking import QMPClient
 from colod.testing.writer import Header, Verdict, verify
-
-if TYPE_CHECKING:  # colod.testing.etcd uses this module's helpers
-    from colod.testing.etcd import EtcdServer
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -53,8 +50,6 @@ DISK_BASE = 0x11
 QUORUM_NODE = "colo-disk0"
 #: Seconds between two looks of a Poll.
 POLL_INTERVAL = 0.02
-#: Seconds a daemon or the writer gets to exit on SIGTERM before it is killed.
-STOP_TIMEOUT = 10.0
 #: Seconds one QMP command of the lab's own monitor may take.
 QMP_TIMEOUT = 5.0
 #: Lines of a daemon's log quoted when a wait on it fails.
@@ -92,13 +87,6 @@ class Poll(Generic[T]):
         return found
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def listening(port: int) -> bool:
     """Whether something listens on TCP ``port``; read from /proc, so no probe connection disturbs it."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -114,21 +102,6 @@ def _tail(path: Path) -> str:
     except FileNotFoundError:
         return f"\n({path.name} does not exist)"
     return "".join(f"\n  {path.name}: {line}" for line in lines[-LOG_TAIL:])
-
-
-def terminate(process: subprocess.Popen[bytes] | None) -> int | None:
-    """SIGTERM (after SIGCONT, in case it was stopped), then SIGKILL past the deadline; reaps it."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 def _kill(process: subprocess.Popen[bytes] | None) -> None:

@@ -66,7 +66,7 @@ from pathlib import Path
 
 import attrs
 
-from colod.testing.lab import terminate
+from colod.testing.processes import terminate
 from colod.testing.qemu_process import _die_with_parent
 
 TREE = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ from colod.config import Config, DomainConfig
 from colod.devices import DeviceGroup, ProviderRegistry
 from colod.qmp import QMPConnection
 from colod.role import Role
-from colod.testing.lab import free_port
+from colod.testing.processes import free_port
 from colod.testing.qemu_process import QemuProcess
 from tests import certs
 from tests.rig import QemuTestCase, sleep

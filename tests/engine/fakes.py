@@ -14,7 +14,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from colod.failover.policy import PolicyName, Verdict
+from colod.config import PolicyName
+from colod.failover.policy import Verdict
 from colod.protocol import CheckpointDirtyPfnList, Record, ReplicationEndReason
 
 #: What each call answers when finished: the shape its real counterpart returns.

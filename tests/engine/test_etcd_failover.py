@@ -17,11 +17,10 @@ from typing import Any
 
 from twisted.internet import reactor
 
-from colod.config import FailoverConfig
+from colod.config import FailoverConfig, PolicyName
 from colod.failover.etcd import EtcdClient
 from colod.failover.etcd_policy import EtcdSeat
 from colod.failover.monotonic import MonotonicClock
-from colod.failover.policy import PolicyName
 from colod.reactor import asyncio_loop
 from colod.testing.etcd import EtcdServer
 from colod.testing.lab import BIN, Lab, LabError, Poll

@@ -20,7 +20,7 @@ from colod import config
 from colod.engine.peering import PeerEndpoint
 from colod.protocol.handshake import Hello, Role
 from colod.protocol.peer import IPeerLinkObserver, PeerLink, PeerLinkFactory
-from colod.testing.lab import free_port
+from colod.testing.processes import free_port
 from tests.rig import ScratchTestCase, async_test, sleep
 from tests.test_config import CONNECT, edited
 

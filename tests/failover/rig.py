@@ -9,7 +9,7 @@ from colod.failover.lease import LeaseKeeper
 from colod.failover.monotonic import MonotonicClock
 from colod.reactor import asyncio_loop
 from colod.testing.etcd import EtcdServer, start_cluster
-from colod.testing.lab import free_port
+from colod.testing.processes import free_port
 from tests.rig import ScratchTestCase
 
 #: A call's deadline in these tests (seconds): loopback answers in milliseconds.

@@ -7,10 +7,9 @@ import time
 
 from twisted.internet import reactor
 
-from colod.config import FailoverConfig
+from colod.config import FailoverConfig, PolicyName
 from colod.failover.etcd_policy import EtcdOperatorRequest, EtcdPolicy, EtcdSeat
 from colod.failover.monotonic import MonotonicClock
-from colod.failover.policy import PolicyName
 from colod.reactor import asyncio_loop
 from tests.failover.rig import CALL_TIMEOUT, EtcdTestCase, dead_url
 from tests.rig import async_test, sleep
