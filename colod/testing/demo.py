@@ -4,7 +4,9 @@
 Two nodes (colod.testing.lab) each get a QEMU started from ``colod qemu-args`` and a
 ``twistd colod`` daemon, linked over mutual TLS with the lab's certificates
 (``colod make-certs``), the disks replicated over NBD under TLS with the same
-ones (a stranger's NBD client is shown refused); once the first checkpoint is complete, the guest
+ones (a stranger's NBD client is shown refused), and the etcd failover policy
+with a real etcd-server the demo starts (who owns the domain, in which epoch,
+is shown from etcd itself); once the first checkpoint is complete, the guest
 writer changes the primary's disk and memory.  What the demo shows of the
 daemons it asks them with ``colodctl status``, as an administrator would:
 both nodes once protected, the checkpoints going by, the secondary after
@@ -17,12 +19,16 @@ disk and memory are exactly the last checkpoint's.  It ends with one
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+from colod.testing.etcd import EtcdServer
 from colod.testing.lab import Lab, LabError, Node
 from colod.testing.nbd_client import client_files, open_export
 from colod.testing.qemu_process import QemuStartError
@@ -85,6 +91,26 @@ def _show_nbd_tls(lab: Lab) -> None:
         f"{lab.secondary.name}'s certificate")
 
 
+def _owner(lab: Lab) -> dict[str, Any]:
+    """The domain's owner key, read from etcd itself (its v3 JSON gateway): {"node": ..., "epoch": ...}."""
+    assert lab.etcd is not None
+    key = base64.b64encode(f"/colod/{lab.domain}/owner".encode()).decode()
+    request = urllib.request.Request(f"{lab.etcd.url}/v3/kv/range", data=json.dumps({"key": key}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5.0) as answer:
+        found = json.load(answer).get("kvs", [])
+    if not found:
+        raise LabError(f"etcd holds no owner for domain {lab.domain}")
+    return dict(json.loads(base64.b64decode(found[0]["value"])))
+
+
+def _show_owner(lab: Lab) -> dict[str, Any]:
+    owner = _owner(lab)
+    say(f"etcd ({lab.etcd.url if lab.etcd else '-'}): domain {lab.domain} is owned by {owner['node']} in "
+        f"epoch {owner['epoch']}, on a lease of {lab.etcd_lease_ttl} s that its colod keeps alive")
+    return owner
+
+
 def run(lab: Lab) -> str:
     """Run the demo on ``lab``; returns the summary of a pass.  @raise LabError: what failed."""
     say(f"two nodes in {lab.workdir}: {lab.disk_size >> 20} MiB disks, "
@@ -103,6 +129,10 @@ def run(lab: Lab) -> str:
         raise LabError("the secondary does not say that its peer link is mutual TLS")
     say(f"the peer link is mutual TLS, with certificates `colod make-certs` made in {lab.certs_dir}")
     _show_nbd_tls(lab)
+    if _show_owner(lab) != {"node": lab.primary.name, "epoch": 1}:
+        raise LabError(f"etcd does not say that {lab.primary.name} owns the domain in epoch 1")
+    say("failover policy etcd: the secondary takes over only once it wins the domain in etcd, which it "
+        "cannot while the primary's lease lives; a primary that cannot renew it stops its guest first")
     for node in lab.nodes:
         _show_status(node)
     lab.start_writer(WRITER_INTERVAL)
@@ -112,14 +142,16 @@ def run(lab: Lab) -> str:
     say("losing the primary host: its QEMU, its colod and the guest writer are killed at once")
     lost = time.monotonic()
     lab.lose_primary_host()
-    took_over = lab.until(lab.secondary, lambda s: s["failed_over"], lab.heartbeat_timeout + 5.0,
-                          "takeover", started=lost).wait()
+    took_over = lab.until(lab.secondary, lambda s: s["failed_over"],
+                          lab.heartbeat_timeout + lab.etcd_lease_ttl + 10.0, "takeover", started=lost).wait()
     after = time.monotonic() - lost
     say(f"the secondary took over {after:.2f} s after the loss: role {took_over['role']}, "
         f"its device model {lab.secondary.qemu_status()}")
     if not lab.secondary.device_state_loaded():
         raise LabError("the secondary's device model did not load the last checkpoint's device state")
     say("the secondary's device model runs on the device state of the last checkpoint")
+    if _show_owner(lab) != {"node": lab.secondary.name, "epoch": 2}:
+        raise LabError(f"etcd does not say that {lab.secondary.name} owns the domain in epoch 2")
     _show_status(lab.secondary)
     verdict = lab.verify(lab.secondary)
     say(f"the secondary's disk and memory image, checked against the writer: {verdict.summary}")
@@ -136,7 +168,7 @@ def run(lab: Lab) -> str:
 
 def demo(workdir: Path) -> bool:
     """Run the demo in ``workdir`` and print its summary line; True on a pass.  Always reaps its processes."""
-    lab = Lab(workdir, domain="demo", checkpoint_interval=0.05)
+    lab = Lab(workdir, domain="demo", checkpoint_interval=0.05, etcd=EtcdServer(workdir))
     try:
         print(f"demo: PASSED: {run(lab)}", flush=True)
         return True
