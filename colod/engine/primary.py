@@ -344,6 +344,15 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
             link.end(code, self.error)
         self.new_session()
 
+    def _let_go(self) -> None:
+        """Unprotected, and the link closed without an end record, so that the secondary asks its
+        failover policy; a new session, so that nothing of the old one drives the machine."""
+        self._unprotect()
+        link, self.link = self.link, None
+        if link is not None:
+            link.close()
+        self.new_session()
+
     def _unprotect(self) -> None:
         """The guest is no longer protected: no checkpoint is running or will run."""
         self.protected = False
@@ -520,11 +529,7 @@ def _abandon(machine: PrimaryInputs, engine: PrimaryEngine, reason: str) -> None
     engine.error = f"the guest's QEMU is gone: {reason}"
     engine.log.error("domain {domain}: {error}; closing the link so that the secondary takes over",
                      domain=engine.domain.name, error=engine.error)
-    engine._unprotect()
-    link, engine.link = engine.link, None
-    if link is not None:
-        link.close()
-    engine.new_session()
+    engine._let_go()
     engine.publish()
 
 
@@ -556,11 +561,7 @@ def _halt_for_good(machine: PrimaryInputs, engine: PrimaryEngine, error: str) ->
     engine.error = f"{error}; the guest here is stopped for good"
     engine.log.critical("domain {domain}: {error}. Make sure which copy holds the newest data before "
                         "anything else", domain=engine.domain.name, error=engine.error)
-    engine._unprotect()
-    link, engine.link = engine.link, None
-    if link is not None:
-        link.close()
-    engine.new_session()
+    engine._let_go()
     engine.publish()
     engine.run_step(engine.guest.halt, machine.halted)
 
