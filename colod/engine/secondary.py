@@ -19,7 +19,8 @@ failover policy (colod.failover.policy) is asked, and only its "yes" (or an
 operator's request, when it says no) makes this side take over: disk
 failover with commit, the guest loaded from the last checkpoint and run; it
 is then the primary, unprotected.  While it waits for an operator it keeps
-its copy and says so in its status.
+its copy and says so in its status, and asks again a policy whose "no" may
+change (colod.failover.policy.Rechecking).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
@@ -40,7 +42,7 @@ from colod.engine.generation import Generation, GenerationError
 from colod.engine.link_end import Action, LinkEnd, ProtocolViolation, secondary_action
 from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import StatusFile
-from colod.failover.policy import OperatorRequest, TakeoverPolicy, Verdict
+from colod.failover.policy import OperatorRequest, Rechecking, TakeoverPolicy, Verdict
 from colod.guest.interfaces import ISecondaryGuest
 from colod.protocol import (
     CheckpointEnd,
@@ -283,22 +285,43 @@ _machine: MachineBuilder[SecondaryInputs, SecondaryEngine, SecondaryState] = Mac
     _I, SecondaryEngine)
 
 
-def _watch_requests(machine: SecondaryInputs, engine: SecondaryEngine, why: str) -> LoopingCall:
+def _watch_requests(machine: SecondaryInputs, engine: SecondaryEngine, why: str) -> list[LoopingCall]:
     """While an operator decides (the policy said no, ``why``): look for a request now and then
-    (colod failover writes one)."""
+    (colod failover writes one), and ask a policy whose no may change again, one question at a time."""
     def look() -> None:
         by = engine.requests.take()
         if by is not None:
             machine.operator_failover(by)
 
-    watch = LoopingCall(look)
-    watch.clock = engine.clock
-    watch.start(REQUEST_POLL_INTERVAL, now=False)
-    return watch
+    watches = [LoopingCall(look)]
+    policy = engine.policy
+    if isinstance(policy, Rechecking):
+        said = why
+
+        def answered(verdict: Verdict) -> None:
+            nonlocal said
+            if verdict.allowed:
+                machine.takeover_allowed(verdict.why)
+            elif verdict.why != said:
+                said = verdict.why
+                engine.log.warn("domain {domain}: still not taking over: {why}", domain=engine.domain.name,
+                                why=verdict.why)
+
+        def recheck() -> Deferred[None]:
+            # A yes heard after this state was left (an operator's request won first) changes nothing.
+            return policy.recheck().addCallback(answered)
+
+        watches.append(LoopingCall(recheck))
+        watches[-1].clock = engine.clock
+        watches[-1].start(policy.recheck_interval, now=False)
+    watches[0].clock = engine.clock
+    watches[0].start(REQUEST_POLL_INTERVAL, now=False)
+    return watches
 
 
-def _stop_watching(watch: LoopingCall) -> None:
-    watch.stop()
+def _stop_watching(watches: list[LoopingCall]) -> None:
+    for watch in watches:
+        watch.stop()
 
 
 WaitingForPrimary = _machine.state(_S.WAITING_FOR_PRIMARY)
@@ -388,6 +411,7 @@ def _ask_policy(machine: SecondaryInputs, engine: SecondaryEngine, reason: Failu
 
 
 @_machine.upon(DecidingTakeover, _I.takeover_allowed, FailingOver)
+@_machine.upon(AwaitingOperator, _I.takeover_allowed, FailingOver)
 def _take_over(machine: SecondaryInputs, engine: SecondaryEngine, why: str) -> None:
     _fail_over(machine, engine, why)
 

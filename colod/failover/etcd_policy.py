@@ -154,7 +154,10 @@ class EtcdPolicy:
     key when its lease expires, at most the lease's TTL after the loss was
     seen, so the secondary claims for that long, plus two calls' deadlines and
     CLAIM_SLACK, before it says no (the primary is alive and cut off, or etcd
-    is unreachable, or a newer epoch is there: the operator decides).
+    is unreachable, or a newer epoch is there: the operator decides).  While
+    the operator has not, it claims again once a TTL (L{Rechecking}): so a
+    primary that fenced itself while etcd was out of reach of both nodes is
+    taken over once etcd is back, with no operator.
     """
 
     name = PolicyName.ETCD
@@ -168,6 +171,15 @@ class EtcdPolicy:
 
     def decide(self) -> Deferred[Verdict]:
         return Deferred.fromCoroutine(self._decide())
+
+    @property
+    def recheck_interval(self) -> float:
+        """A claim per lease TTL while the operator decides: a primary that fenced itself, or died
+        while etcd was out of reach, loses its key within a TTL of etcd's coming back."""
+        return float(self._seat.ttl)
+
+    def recheck(self) -> Deferred[Verdict]:
+        return self.claim_once()
 
     def claim_once(self) -> Deferred[Verdict]:
         """One claim, and what it says."""

@@ -5,7 +5,9 @@ A policy answers one question, "may this node run the guest now?", with a
 L{Verdict}; it is asked only when the link ended in a way that leaves the
 primary's fate unknown (colod.engine.link_end).  A "no" is never final: the
 secondary keeps its copy and waits for the operator (L{OperatorRequest}),
-who may know what no program here can.
+who may know what no program here can; a policy whose answer can change on
+its own (L{Rechecking}: etcd, once the primary's lease lapses) is asked
+again meanwhile.
 
 - C{fence}: a command (an IPMI or fence_xvm agent, C{xl destroy} over ssh)
   that must exit 0, within its timeout, before this node takes over: then the
@@ -25,7 +27,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -55,6 +57,17 @@ class TakeoverPolicy(Protocol):
 
     def decide(self) -> Deferred[Verdict]:
         """May this node take the guest over now?  Never fails: a policy that cannot tell says no."""
+
+
+@runtime_checkable
+class Rechecking(Protocol):
+    """A policy whose "no" may turn into "yes" with no operator: it is asked again, every
+    ``recheck_interval`` seconds, while the secondary waits for one."""
+
+    recheck_interval: float
+
+    def recheck(self) -> Deferred[Verdict]:
+        """One quick look: may this node take the guest over now?  Never fails."""
 
 
 @attrs.frozen

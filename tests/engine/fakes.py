@@ -114,6 +114,17 @@ class FakePolicy:
         return self._world.call("policy.decide").addCallback(lambda _: self.verdict)
 
 
+class FakeRecheckingPolicy(FakePolicy):
+    """Stands in for a policy whose no may change (colod.failover.etcd_policy.EtcdPolicy): its rechecks are
+    calls in the World too, answered with ``verdict``."""
+
+    name = PolicyName.ETCD
+    recheck_interval = 10.0
+
+    def recheck(self) -> Deferred[Verdict]:
+        return self._world.call("policy.recheck").addCallback(lambda _: self.verdict)
+
+
 class FakeRequests:
     """Stands in for an OperatorRequest (colod.failover.policy): requests are put in ``waiting``."""
 

@@ -52,6 +52,7 @@ from tests.engine.fakes import (
     FakeLink,
     FakePolicy,
     FakeQMP,
+    FakeRecheckingPolicy,
     FakeRequests,
     FakeStatus,
     World,
@@ -67,13 +68,13 @@ TIMEOUT = 60.0
 class Harness:
     """One engine and its fake world; ``answers`` keeps what request_checkpoint's Deferreds fired with."""
 
-    def __init__(self, role: Role) -> None:
+    def __init__(self, role: Role, policy: type[FakePolicy] = FakePolicy) -> None:
         self.clock = Clock()
         self.world = World()
         self.link = FakeLink()
         self.status = FakeStatus()
         self.answers: list[object] = []
-        self.policy = FakePolicy(self.world)
+        self.policy = policy(self.world)
         self.requests = FakeRequests()
         common: tuple[Any, ...] = (FakeDomain(), role.value, FakeGuest(self.world), FakeDevices(self.world),
                                    self.clock, self.status, FakeQMP())
@@ -440,6 +441,7 @@ def _secondary_checks() -> dict[tuple[str, str], Check]:
         (_S.DECIDING_TAKEOVER, "takeover_allowed"): _takes_over,
         (_S.DECIDING_TAKEOVER, "takeover_refused"): _awaits_operator,
         (_S.AWAITING_OPERATOR, "operator_failover"): _takes_over,
+        (_S.AWAITING_OPERATOR, "takeover_allowed"): _takes_over,
         (_S.FAILING_OVER, "taken_over"): _published(role="primary", state="primary_unprotected",
                                                     failed_over=True),
         (_S.FAILING_OVER, "step_failed"): _ended(None, "taking over failed"),
@@ -623,6 +625,48 @@ class TransitionTests(SynchronousTestCase):
         self.assertEqual((h.engine.state, h.requests.waiting), (_S.AWAITING_OPERATOR, ["colodctl"]))
         h.clock.advance(secondary.REQUEST_POLL_INTERVAL)
         self.assertIs(h.engine.state, _S.FAILING_OVER)
+        self.assert_stops_clean(h)
+
+    def test_a_policy_whose_no_may_change_is_asked_again(self) -> None:
+        """Awaiting the operator under a policy whose no may change (etcd), the secondary asks it again every
+        recheck_interval, one question at a time: a no keeps the copy and waits on; a yes
+        takes over.  A policy whose no stands (fence, manual) is not asked again."""
+        h = Harness(Role.SECONDARY, FakeRecheckingPolicy)
+        for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
+            APPLY[input](h)
+        h.clock.advance(FakeRecheckingPolicy.recheck_interval * 3)
+        self.assertEqual(h.world.calls.count("policy.recheck"), 1,
+                         "a second question before the first's answer")
+        h.policy.verdict = Verdict(False, "etcd did not answer the claim")
+        h.world.answer()
+        self.assertIs(h.engine.state, _S.AWAITING_OPERATOR)
+        h.clock.advance(FakeRecheckingPolicy.recheck_interval)
+        h.policy.verdict = Verdict(True, "this node owns guest in etcd now, epoch 1")
+        h.world.answer()
+        self.assertIs(h.engine.state, _S.FAILING_OVER)
+        h.world.finish()
+        self.assertEqual(h.world.calls[-2:], ["devices.failover", "take_over"])
+        self.assert_stops_clean(h)
+
+        plain = Harness(Role.SECONDARY)
+        for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
+            APPLY[input](plain)
+        plain.clock.advance(FakeRecheckingPolicy.recheck_interval * 3)
+        self.assertEqual((plain.engine.state, plain.world.pending), (_S.AWAITING_OPERATOR, []))
+
+    def test_a_late_yes_after_an_operators_takeover_changes_nothing(self) -> None:
+        """A recheck's yes that comes after the operator's request took the secondary over is not a second
+        takeover."""
+        h = Harness(Role.SECONDARY, FakeRecheckingPolicy)
+        for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
+            APPLY[input](h)
+        h.clock.advance(FakeRecheckingPolicy.recheck_interval)
+        h.requests.waiting.append("an operator")
+        h.clock.advance(secondary.REQUEST_POLL_INTERVAL)
+        self.assertIs(h.engine.state, _S.FAILING_OVER)
+        h.world.finish()
+        self.assertEqual((h.engine.state, h.world.calls.count("devices.failover")),
+                         (_S.PRIMARY_UNPROTECTED, 1))
         self.assert_stops_clean(h)
 
     def test_what_the_secondary_refuses(self) -> None:

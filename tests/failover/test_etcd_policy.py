@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from colod.config import FailoverConfig, PolicyName
 from colod.failover.etcd_policy import EtcdOperatorRequest, EtcdPolicy, EtcdSeat
 from colod.failover.monotonic import MonotonicClock
+from colod.failover.policy import FenceCommand, Manual, Rechecking
 from colod.reactor import asyncio_loop
 from tests.failover.rig import CALL_TIMEOUT, EtcdTestCase, dead_url
 from tests.rig import async_test, sleep
@@ -48,6 +49,30 @@ class EtcdPolicyTests(EtcdTestCase):
         self.assertEqual(verdict.why, "host-a still holds guest1 in etcd (epoch 1): its lease is alive, "
                                       "so may be its guest")
         self.assertGreaterEqual(time.monotonic() - began, policy.deadline)
+
+    @async_test
+    async def test_a_recheck_is_one_claim_asked_again_every_ttl(self) -> None:
+        """While the operator decides, the policy is asked again (Rechecking) once a TTL: one claim, lost
+        while the owner's lease lives, won once it is gone; the manual and fence policies' no stands."""
+        etcd = self.start_etcd()
+        primary = self.seat("host-a", etcd.url)
+        self.assertTrue((await primary.own(0)).won)
+        secondary = self.seat("host-b", etcd.url)
+        await secondary.lease()
+        policy = self.policy(secondary, 1)
+        self.assertIsInstance(policy, Rechecking)
+        self.assertEqual(policy.recheck_interval, TTL)
+        began = time.monotonic()
+        verdict = await policy.recheck()
+        self.assertLess(time.monotonic() - began, CALL_TIMEOUT * 2, "a recheck is one claim, not a decision")
+        self.assertEqual((verdict.allowed, verdict.why),
+                         (False, "host-a still holds guest1 in etcd (epoch 1): its lease is alive, "
+                                 "so may be its guest"))
+        await primary.stop()
+        verdict = await policy.recheck()
+        self.assertEqual((verdict.allowed, verdict.why), (True, "this node owns guest1 in etcd now, epoch 2"))
+        for standing in (Manual(), FenceCommand(reactor, ["/bin/false"], 1.0, domain="guest1", peer="a")):
+            self.assertNotIsInstance(standing, Rechecking)
 
     @async_test
     async def test_the_secondary_wins_once_the_owner_is_gone(self) -> None:
