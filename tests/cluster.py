@@ -59,7 +59,7 @@ from colod.protocol.handshake import Hello
 from colod.protocol.pagedata import pages_with_data
 from colod.protocol.wire import PAGE_SIZE, RECORD_HEADER, padding
 from colod.protocol.writers import write_record
-from colod.testing.lab import POLL_INTERVAL, Lab, Node, Poll
+from colod.testing.lab import POLL_INTERVAL, Lab, LabError, Node, Poll
 from colod.testing.writer import Header, Verdict
 from colod.tls import PeerTLS, load
 from tests.rig import ScratchTestCase, sleep
@@ -401,6 +401,24 @@ def node_tls(lab: Lab, node: Node) -> PeerTLS:
     return PeerTLS(load(*(str(path) for path in lab.tls_files(node)), node.name))
 
 
+async def start_protected(lab: Lab, proxy: LinkProxy | None = None) -> None:
+    """Start ``lab``'s nodes (linked through ``proxy``, if given), wait until protected, and start the writer.
+
+    @raise LabError: a wait ran out, or NBD is not under TLS in a TLS lab.
+    """
+    lab.prepare(proxy.listen() if proxy is not None else None)
+    if proxy is not None:
+        proxy.terminate_tls(*(node_tls(lab, node) for node in (lab.secondary, lab.primary)))
+    lab.start_qemus()
+    lab.start_daemons()
+    await wait(lab.until_protected())
+    nbd_tls = f"NBD is TLS: the NBD server lets in only CN={lab.primary.name}"
+    if lab.tls and nbd_tls not in lab.secondary.logs():  # as the daemon runs by default
+        raise LabError("the secondary's NBD is not under TLS" + lab.secondary.context())
+    lab.start_writer(WRITER_INTERVAL)
+    await wait(lab.until_ops(1, 10.0))
+
+
 class ClusterTestCase(ScratchTestCase):
     """Runs a lab (and the proxy, if asked) per test, and always reaps its processes."""
 
@@ -414,22 +432,10 @@ class ClusterTestCase(ScratchTestCase):
         """Both nodes up and protected, and the writer running on the primary."""
         self.lab = lab = Lab(self.workdir, **settings)
         self.addCleanup(lab.close)
-        link_port = None
         if proxy:
             self.proxy = LinkProxy(lab.secondary_port)
-            link_port = self.proxy.listen()
             self.addCleanup(self.proxy.close)
-        lab.prepare(link_port)
-        if proxy:
-            self.proxy.terminate_tls(*(node_tls(lab, node) for node in (lab.secondary, lab.primary)))
-        lab.start_qemus()
-        lab.start_daemons()
-        await wait(lab.until_protected())
-        if lab.tls:  # as the daemon runs by default: the link and the disks' NBD under TLS
-            self.assertIn(f"NBD is TLS: the NBD server lets in only CN={lab.primary.name}",
-                          lab.secondary.logs())
-        lab.start_writer(WRITER_INTERVAL)
-        await wait(lab.until_ops(1, 10.0))
+        await start_protected(lab, self.proxy if proxy else None)
         return lab
 
     async def assertGuestRuns(self, ops_more: int = 20, timeout: float = 10.0) -> None:

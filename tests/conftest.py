@@ -52,3 +52,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print(f"\nFAILED: QEMU processes left running after the tests: {', '.join(left)}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The partition matrix's table of outcomes, when its tests ran (tests.partition)."""
+    from tests.partition import MATRIX, matrix_table
+
+    if MATRIX:
+        terminalreporter.section("partition matrix (issue 14)")
+        for line in matrix_table():
+            terminalreporter.write_line(line)

@@ -39,7 +39,7 @@ from colod.protocol.wire import PAGE_SIZE
 from colod.testing.etcd import EtcdServer
 from colod.testing.processes import free_port, terminate
 from colod.testing.qemu_process import QemuProcess, _die_with_parent
-from colod.testing.qmp_blocking import QMPClient
+from colod.testing.qmp_blocking import QMPClient, QMPError
 from colod.testing.writer import Header, Verdict, verify
 
 BIN = Path(sys.executable).parent
@@ -128,6 +128,12 @@ def _start(workdir: Path, name: str, args: list[str], monitors: dict[str, Path])
         args = [*args, "-chardev", f"socket,id={monitor},path={path},server=on,wait=off",
                 "-mon", f"chardev={monitor},mode=control"]
     return QemuProcess(workdir, name, args, machine="pc").start()
+
+
+def _signal_stopped(qemu: QemuProcess) -> bool:
+    """Whether ``qemu``'s process is stopped by a signal (state T in /proc).  @raise OSError: it is gone."""
+    with open(f"/proc/{qemu.pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 def _query(monitor: Path, command: str) -> Any:
@@ -283,8 +289,18 @@ class Node:
         """Whether the guest's QEMU process is stopped by a signal (state T): QMP cannot tell, as it does not
         answer then."""
         assert self.qemu is not None
-        with open(f"/proc/{self.qemu.pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+        return _signal_stopped(self.qemu)
+
+    def guest_runs(self) -> bool:
+        """Whether the guest runs here: none of its QEMUs is stopped by a signal (the guard fences so), and
+        its run state is ``running``.  A QEMU that is gone, or does not answer, runs nothing."""
+        qemus = [qemu for qemu in (self.qemu, self.device_model) if qemu is not None]
+        try:
+            if not qemus or any(_signal_stopped(qemu) for qemu in qemus):
+                return False
+            return self.qemu_status() == "running"
+        except (OSError, QMPError):
+            return False
 
     def context(self) -> str:
         """For failure messages: the last status and the end of the daemon's log."""
