@@ -205,7 +205,8 @@ class DomainService(Service):
                 await self._own(self._seat, generation)
             self.engine = PrimaryEngine(*common, qmp, generation=generation,
                                         interval=config.checkpoint_interval,
-                                        checkpoint_timeout=checkpoint_timeout(config))
+                                        checkpoint_timeout=checkpoint_timeout(config),
+                                        on_stopped_for_good=self._release)
         else:
             if self._seat is not None:
                 self._seat.lease().addErrback(self._protect_failed)
@@ -273,6 +274,28 @@ class DomainService(Service):
 
     def _guard_ended(self, why: str) -> None:
         self._fence(why)
+
+    def _release(self) -> None:
+        """The guest is stopped here for good (fenced or superseded): end the guard and revoke the lease, so
+        that the domain's owner key goes now.  Kept, a lease renewed once etcd is back would hold the domain
+        for a guest that runs nowhere."""
+        if self._seat is not None:
+            self.log.warn("domain {domain}: releasing it in etcd (this node's lease revoked): the secondary "
+                          "may take it over", domain=self._domain.name)
+            self._let_go_of_etcd()
+
+    @inlineCallbacks
+    def _let_go_of_etcd(self) -> Any:
+        """End the guard (it does not fence) and revoke the lease, each with a deadline; once only."""
+        guard, seat, self._guard, self._seat = self._guard, self._seat, None, None
+        for what, ending in (("ending the guard", guard and guard.end), ("revoking the etcd lease",
+                                                                         seat and seat.stop)):
+            if ending:
+                try:
+                    yield ending().addTimeout(STOP_DEADLINE, self._reactor)
+                except Exception as e:  # noqa: BLE001 - letting go goes on (a lease expires by itself)
+                    self.log.warn("domain {domain}: {what}: {error}", domain=self._domain.name, what=what,
+                                  error=e)
 
     def _fence(self, why: str) -> None:
         """A primary that owns the domain stops its guest for good; otherwise nothing runs as owner here."""
@@ -352,14 +375,7 @@ class DomainService(Service):
                                domain=self._domain.name, error=e)
         if self._peer is not None:
             yield self._peer.stop()
-        for what, ending in (("ending the guard", self._guard and self._guard.end),
-                             ("revoking the etcd lease", self._seat and self._seat.stop)):
-            if ending:
-                try:
-                    yield ending().addTimeout(STOP_DEADLINE, self._reactor)
-                except Exception as e:  # noqa: BLE001 - stopping goes on (a lease expires by itself)
-                    self.log.warn("domain {domain}: {what} at stop: {error}", domain=self._domain.name,
-                                  what=what, error=e)
+        yield self._let_go_of_etcd()
         if self._guest is not None:
             yield maybeDeferred(self._guest.close)
         for connection in (self._device_model, self.connection):

@@ -158,9 +158,12 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
 
     def __init__(self, domain: DomainConfig, node: str, guest: IPrimaryGuest, devices: DeviceGroup,
                  clock: IReactorTime, status: StatusFile, qmp: QMP, *, generation: Generation,
-                 interval: float, checkpoint_timeout: float) -> None:
+                 interval: float, checkpoint_timeout: float,
+                 on_stopped_for_good: Callable[[], object] = lambda: None) -> None:
         super().__init__(domain, node, guest, devices, clock, status, qmp, generation=generation)
         self.interval = interval
+        #: Called once the guest is stopped for good (fenced or superseded): the domain may be let go.
+        self.on_stopped_for_good = on_stopped_for_good
         #: The longest a checkpoint may take, NEW to SVM_RESUMED: a secondary that
         #: heartbeats but never answers must not keep the guest suspended.
         self.checkpoint_timeout = checkpoint_timeout
@@ -567,8 +570,17 @@ def _halt_for_good(machine: PrimaryInputs, engine: PrimaryEngine, error: str) ->
 
 
 for _stopped_for_good in (Superseded, Fenced):
-    for _input in (_I.halted, _I.secondary_lost, _I.qemu_lost, _I.stop, _I.fenced):
+    for _input in (_I.secondary_lost, _I.qemu_lost, _I.stop, _I.fenced):
         _machine.upon(_stopped_for_good, _input)(nothing)
+
+
+@_machine.upon((Superseded, Fenced), _I.halted)
+def _let_the_domain_go(machine: PrimaryInputs, engine: PrimaryEngine) -> None:
+    """The guest is stopped here for good: whoever holds this node's claim on the domain may let it go."""
+    engine.log.warn("domain {domain}: the guest here is stopped", domain=engine.domain.name)
+    engine.on_stopped_for_good()
+
+
 _machine.upon(Fenced, _I.superseded)(nothing)
 _machine.upon((GuestLost, Stopping, Stopped), _I.fenced)(nothing)
 

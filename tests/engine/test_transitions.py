@@ -83,7 +83,8 @@ class Harness:
         if role is Role.PRIMARY:
             self.peer = Hello(Role.SECONDARY, "guest", "secondary")
             self.engine = PrimaryEngine(*common, generation=self.generation, interval=INTERVAL,
-                                        checkpoint_timeout=TIMEOUT)
+                                        checkpoint_timeout=TIMEOUT,
+                                        on_stopped_for_good=lambda: self.world.calls.append("let go"))
         else:
             self.peer = Hello(Role.PRIMARY, "guest", "primary")
             self.engine = SecondaryEngine(*common, generation=self.generation, policy=self.policy,
@@ -315,7 +316,7 @@ def _halts_for_good(case: TransitionTests, h: Harness) -> None:
                   "from this node", h.engine.error or "")
     _published(state="superseded", protected=False, generation=0)(case, h)
     h.world.finish()
-    case.assertEqual(h.world.calls[-1], "halt")
+    case.assertEqual(h.world.calls[-2:], ["halt", "let go"])
 
 
 def _fences_for_good(link_ended: str | None) -> Check:
@@ -327,9 +328,14 @@ def _fences_for_good(link_ended: str | None) -> Check:
         case.assertEqual((h.link.ended, h.engine.link), (link_ended, None))
         _published(state="fenced", protected=False)(case, h)
         h.world.finish()
-        case.assertEqual(h.world.calls[-1], "halt")
+        case.assertEqual(h.world.calls[-2:], ["halt", "let go"])
         case.assertNotIn("resume", h.world.calls[h.world.calls.index("halt"):])
     return check
+
+
+def _holds_on(case: TransitionTests, h: Harness) -> None:
+    """The guest may still run: the domain is not let go."""
+    case.assertNotIn("let go", h.world.calls)
 
 
 def _primary_checks() -> dict[tuple[str, str], Check]:
@@ -386,9 +392,10 @@ def _primary_checks() -> dict[tuple[str, str], Check]:
     for state in (_P.WAITING_FOR_SECONDARY, _P.DROPPING_SECONDARY, _P.UNPROTECTED):
         checks[state, "fenced"] = _fences_for_good(None)
     for state in (_P.SUPERSEDED, _P.FENCED):
-        for name in ("halted", "secondary_lost", "qemu_lost", "stop", "fenced"):
+        for name in ("secondary_lost", "qemu_lost", "stop", "fenced"):
             checks[state, name] = _nothing_more
-        checks[state, "step_failed"] = _ended(None, "stopping the guest for good failed")
+        checks[state, "halted"] = _called("let go")
+        checks[state, "step_failed"] = _all(_ended(None, "stopping the guest for good failed"), _holds_on)
     for state in (_P.GUEST_LOST, _P.STOPPING, _P.STOPPED):
         checks[state, "fenced"] = _nothing_more
     for state in waiting_turn:
