@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.test_config,tests.test_endpoints -*-
 """The Twisted endpoint strings of ``[peer]``: which can carry colod's link, and why one cannot.
 
 Twisted's parsers accept strings that cannot work (``tcp:0``, ``tcp:70000``,
@@ -52,13 +52,51 @@ class _NoReactor:
     """Stands in for a reactor while endpoint strings are only parsed, never used."""
 
 
+class _Unparsable(ValueError):
+    """A string Twisted's endpoint grammar cannot read (its parser fails on it too)."""
+
+
 def _split(description: str) -> tuple[str, list[str], dict[str, str]]:
     """The type, positional and keyword arguments of ``description``, as Twisted reads them.
 
-    Twisted's own tokenizer (its escapes and ``=`` rules) is used so that
-    what is checked here is exactly what the endpoint will be built from.
+    Twisted's endpoint-string grammar (serverFromString's documentation, and
+    its parser for the details): ``:`` ends an argument; an argument's first
+    ``=`` makes it a keyword argument, named by what comes before it (a later
+    ``=`` is part of the value); a backslash takes the next character as it
+    is, ``:``, ``=`` or ``\\`` alike; the type is the first positional
+    argument.  Twisted's parser is private, so colod reads the grammar itself,
+    to check exactly what the endpoint will be built from; tests.test_endpoints
+    holds the two to the same reading.
+
+    @raise _Unparsable: a backslash at the end, a keyword not in ASCII, no
+        positional argument for the type: Twisted fails on each as well.
     """
-    positional, keywords = endpoints._parse(description)  # the grammar Twisted builds from
+    arguments: list[list[str]] = [[""]]  # each argument's parts: [value] or [name, value]
+    characters = iter(description)
+    for character in characters:
+        argument = arguments[-1]
+        if character == "\\":
+            escaped = next(characters, None)
+            if escaped is None:
+                raise _Unparsable("ends in a backslash, which escapes nothing (write \\\\ for one)")
+            argument[-1] += escaped
+        elif character == ":":
+            arguments.append([""])
+        elif character == "=" and len(argument) == 1:
+            argument.append("")
+        else:
+            argument[-1] += character
+    positional = [argument[0] for argument in arguments if len(argument) == 1]
+    keywords: dict[str, str] = {}
+    for argument in arguments:
+        if len(argument) == 2:
+            name, value = argument
+            if not name.isascii():
+                raise _Unparsable(f"keyword {name!r} is not ASCII")
+            keywords[name] = value  # the last of a name wins, as in Twisted
+    if not positional:
+        raise _Unparsable("has no endpoint type, only keyword arguments "
+                          "(the type comes first, as in tcp:9000)")
     return positional[0], positional[1:], keywords
 
 
@@ -69,7 +107,10 @@ def _arguments(names: tuple[str, ...], positional: list[str], keywords: dict[str
 
 def server_problem(description: str) -> str | None:
     """Why the secondary cannot listen at ``description``, judged from the string and its files."""
-    kind, positional, keywords = _split(description)
+    try:
+        kind, positional, keywords = _split(description)
+    except _Unparsable as e:
+        return str(e)
     if kind not in SERVER_TYPES:
         return _type_problem(kind, SERVER_TYPES)
     arguments = _arguments(SERVER_TYPES[kind], positional, keywords)
@@ -82,7 +123,10 @@ def server_problem(description: str) -> str | None:
 
 def client_problem(description: str) -> str | None:
     """Why the primary cannot connect to ``description``, judged from the string and its files."""
-    kind, positional, keywords = _split(description)
+    try:
+        kind, positional, keywords = _split(description)
+    except _Unparsable as e:
+        return str(e)
     kind = kind.lower()  # Twisted reads client types case-blind
     if kind not in CLIENT_TYPES:
         return _type_problem(kind, CLIENT_TYPES)

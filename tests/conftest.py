@@ -20,6 +20,7 @@ import inspect
 import pytest
 from twisted.internet.defer import Deferred
 
+from colod.reactor import use_asyncio_reactor
 from colod.testing.qemu_process import reap_all
 
 
@@ -34,6 +35,17 @@ def _returned(result: object) -> str:
         return ("returned a Deferred that nobody waited for: make it a trial TestCase method, "
                 "or decorate it with pytest_twisted.inlineCallbacks")
     return f"returned {result!r}; a test function must return None"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the reactor through colod's own installer, before pytest-twisted's configure.
+
+    colod keeps the loop it installs the reactor on (colod.reactor.asyncio_loop);
+    pytest-twisted, asked for ``--reactor=asyncio`` (setup.cfg), then finds an
+    asyncio reactor installed and takes it.
+    """
+    use_asyncio_reactor()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -204,6 +204,9 @@ BAD = [
     Bad("listen_unknown_type", listen('"TCP:9000"'),
         f"peer.listen: {SERVER}endpoint type 'TCP' cannot carry the peer link "
         "(use one of tcp, tcp6, unix, systemd) (got 'TCP:9000')"),
+    Bad("listen_trailing_backslash", listen('"tcp:9000\\\\"'),
+        f"peer.listen: {SERVER}ends in a backslash, which escapes nothing (write \\\\ for one) "
+        "(got 'tcp:9000\\\\')"),
     Bad("listen_port_is_nbd_port", edited("nbd_port = 8889", f"nbd_port = {PEER_PORT}"),
         f"domain[0].nbd_port: {PEER_PORT} is also peer.listen's port; on the secondary colod and the NBD "
         "server cannot both listen on it"),
@@ -222,6 +225,9 @@ BAD = [
     Bad("connect_tls", connect('"tls:host=192.0.2.11:port=9000"'),
         f"peer.connect: {CLIENT}endpoint type 'tls': the link's TLS is configured in [tls] (mutual, the peer "
         "checked by name); use one of tcp, unix (got 'tls:host=192.0.2.11:port=9000')"),
+    Bad("connect_without_type", connect('"host=192.0.2.11:port=9000"'),
+        f"peer.connect: {CLIENT}has no endpoint type, only keyword arguments (the type comes first, as in "
+        "tcp:9000) (got 'host=192.0.2.11:port=9000')"),
     Bad("connect_missing_port", connect('"tcp:host=192.0.2.11"'),
         f"peer.connect: {CLIENT}needs a port (got 'tcp:host=192.0.2.11')"),
     Bad("metrics_listen_bad", GOOD + '\n[metrics]\nlisten = "tcp:http"\n',

@@ -109,6 +109,27 @@ class DaemonTests(QemuTestCase):
         # The daemon closed its QMP connection; QEMU itself is untouched and still answers.
         self.assertTrue(qemu.running())
 
+    def test_asyncio_reactor_forced_by_twistd_is_taken(self) -> None:
+        """``twistd --reactor=asyncio colod`` works as ``twistd colod`` does: colod keeps that reactor's loop.
+
+        twistd installs it before colod's options are read and starts the services before
+        the reactor runs, so the first QMP connection is made on the loop colod kept then.
+        """
+        qemu = self.start_qemu("guest1")
+        config = self.workdir / "colod.toml"
+        config.write_text(config_for(qemu.qmp_socket))
+        log = self.workdir / "colod.log"
+        with open(log, "w") as out:
+            daemon = subprocess.Popen(
+                [TWISTD, "--reactor=asyncio", "-n", "--pidfile=", "colod", "--config", str(config)],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+            )
+        self.addCleanup(_kill, daemon)
+        output = self.wait_for_log(log, "connected to QEMU 7.2")
+        self.assertIn("AsyncioSelectorReactor", output)
+        self.assertNotIn("unexpected error while connecting", output)
+        self.assert_clean_stop(daemon, log, signal.SIGTERM)
+
     def test_stops_on_sigint(self) -> None:
         """SIGINT (Ctrl-C in the foreground) is a clean stop too."""
         qemu = self.start_qemu("guest1")
