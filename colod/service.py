@@ -272,8 +272,12 @@ class DomainService(Service):
     def _lease_lost(self, why: str) -> None:
         self._fence(f"its etcd lease is gone ({why})")
 
-    def _guard_ended(self, why: str) -> None:
+    def _guard_ended(self, why: str, fenced: bool) -> None:
+        """The guard is gone: the guest can no longer count on it.  If it stopped the guest (SIGSTOP, or xl
+        pause), nothing runs here any more: the domain is let go as after a halt."""
         self._fence(why)
+        if fenced:
+            self._release()
 
     def _release(self) -> None:
         """The guest is stopped here for good (fenced or superseded): end the guard and revoke the lease, so

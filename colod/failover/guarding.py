@@ -18,12 +18,14 @@ import sys
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from colod.config import DomainConfig
+from colod.failover.guard import FENCED
 
 #: Seconds the connection to the QMP socket may take.
 CONNECT_TIMEOUT = 5.0
@@ -61,11 +63,12 @@ def guard_argv(domain: DomainConfig) -> list[str]:
 
 class GuardProcess(ProcessProtocol):
     """One running guard: renew() feeds it a deadline, end() lets it go; ``on_ended`` hears of an end
-    that no end() asked for (the guard fenced, or died: either way the guest can no longer count on it)."""
+    that no end() asked for (the guard fenced, or died: either way the guest can no longer count on it),
+    and whether the guard stopped the guest."""
 
     log = Logger()
 
-    def __init__(self, name: str, on_ended: Callable[[str], None]) -> None:
+    def __init__(self, name: str, on_ended: Callable[[str, bool], None]) -> None:
         self.name = name
         self.ended: Deferred[None] = Deferred()
         self._on_ended = on_ended
@@ -73,7 +76,7 @@ class GuardProcess(ProcessProtocol):
 
     @classmethod
     def start(cls, reactor: IReactorProcess, domain: DomainConfig,
-              on_ended: Callable[[str], None]) -> GuardProcess:
+              on_ended: Callable[[str, bool], None]) -> GuardProcess:
         """Start ``domain``'s guard.  @raise GuardError."""
         guard = cls(domain.name, on_ended)
         argv = guard_argv(domain)
@@ -98,7 +101,9 @@ class GuardProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         if not self._ending:
-            self.log.critical("domain {domain}: its guard ended: {why}", domain=self.name,
-                              why=reason.getErrorMessage())
-            self._on_ended(f"its guard process ended ({reason.getErrorMessage()})")
+            fenced = isinstance(reason.value, ProcessTerminated) and reason.value.exitCode == FENCED
+            why = ("its guard stopped the guest" if fenced else
+                   f"its guard process ended ({reason.getErrorMessage()})")
+            self.log.critical("domain {domain}: {why}", domain=self.name, why=why)
+            self._on_ended(why, fenced)
         self.ended.callback(None)

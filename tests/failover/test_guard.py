@@ -7,14 +7,17 @@ socket, and against a socket no QEMU serves.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
 
+from twisted.internet import reactor
+
 from colod.failover.guard import FENCED
-from colod.failover.guarding import GuardError, qemu_pid
-from tests.rig import QemuTestCase, ScratchTestCase
+from colod.failover.guarding import GuardError, GuardProcess, qemu_pid
+from tests.rig import QemuTestCase, ScratchTestCase, async_test
 
 #: Seconds a test waits for the guard to act, or to exit.
 WAIT = 10.0
@@ -115,3 +118,44 @@ class QemuPidTests(QemuTestCase):
     def test_no_socket(self) -> None:
         with self.assertRaisesRegex(GuardError, "cannot find the QEMU listening on .*/absent.qmp: "):
             qemu_pid(str(self.workdir / "absent.qmp"))
+
+
+class GuardProcessTests(ScratchTestCase):
+    """colod's side of the guard (GuardProcess) over a real guard process: what it hears when the guard
+    ends without being asked."""
+
+    def start(self) -> tuple[GuardProcess, list[tuple[str, bool]], subprocess.Popen[bytes]]:
+        victim = subprocess.Popen(["sleep", "600"])
+        self.addCleanup(victim.wait)
+        self.addCleanup(victim.kill)
+        heard: list[tuple[str, bool]] = []
+        guard = GuardProcess("guest1", lambda why, fenced: heard.append((why, fenced)))
+        argv = [sys.executable, "-m", "colod.failover.guard", "--name", "guest1", "--pid", str(victim.pid)]
+        reactor.spawnProcess(guard, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: 2, 2: 2})
+        self.addCleanup(lambda: guard.ended)
+        self.addCleanup(self.kill, guard)
+        return guard, heard, victim
+
+    def kill(self, guard: GuardProcess) -> None:
+        if not guard.ended.called:
+            assert guard.transport is not None
+            guard.transport.signalProcess("KILL")
+
+    @async_test
+    async def test_a_guard_that_fenced_says_it_stopped_the_guest(self) -> None:
+        guard, heard, victim = self.start()
+        guard.renew(time.monotonic() + 0.3)
+        await guard.ended
+        self.assertEqual(heard, [("its guard stopped the guest", True)])
+        self.assertEqual(state(victim.pid), "T")
+
+    @async_test
+    async def test_a_guard_that_died_did_not_stop_the_guest(self) -> None:
+        guard, heard, victim = self.start()
+        guard.renew(time.monotonic() + 60)
+        self.kill(guard)
+        await guard.ended
+        [(why, fenced)] = heard
+        self.assertFalse(fenced)
+        self.assertRegex(why, "^its guard process ended \\(.*signal 9")
+        self.assertNotEqual(state(victim.pid), "T")
