@@ -12,7 +12,10 @@ What the engines log at the default level is one event per change of state
 and per error, never one per checkpoint: a day of checkpoints every 20 ms
 is four million of them.  The errors they log are counted here, whatever
 the level, for the metrics' replication errors (each is logged once, as it
-ends or stops replication: colod.engine).
+ends or stops replication: colod.engine).  Twisted's HTTP client, which
+carries the etcd policy's calls, says "Starting factory" and "Stopping
+factory" for each of its connections, several a second: that chatter is
+left out.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     LogPublisher,
+    PredicateResult,
     globalLogPublisher,
     jsonFileLogObserver,
 )
@@ -36,6 +41,9 @@ from colod.config import LOG_LEVELS, LogConfig
 
 #: Where the engines log from (their events' namespaces begin so).
 ENGINE_NAMESPACE = "colod.engine."
+#: Where Twisted's HTTP client logs from, and what of it is chatter.
+HTTP_CLIENT_NAMESPACE = "twisted.web.client."
+HTTP_CLIENT_CHATTER = ("Starting factory ", "Stopping factory ")
 
 
 class LogControl:
@@ -82,11 +90,11 @@ class LogControl:
         # The publisher's own list: twisted.logger has no public way to put a filter before them.
         self._wrapped = list(self._publisher._observers)
         for observer in self._wrapped:
-            self._add(FilteringLogObserver(observer, [self._level]))
+            self._add(FilteringLogObserver(observer, [_http_client_chatter, self._level]))
             self._publisher.removeObserver(observer)
         if self._json is not None:
             self._add(FilteringLogObserver(_Enriching(jsonFileLogObserver(self._json), self._fields),
-                                           [self._level]))
+                                           [_http_client_chatter, self._level]))
         self._add(self._errors)
         return None
 
@@ -105,6 +113,14 @@ class LogControl:
         self._added.append(observer)
         self._publisher.addObserver(observer)
 
+
+
+@implementer(ILogFilterPredicate)
+def _http_client_chatter(event: dict[str, Any]) -> PredicateResult:
+    """No to the HTTP client's line per connection (HTTP_CLIENT_CHATTER); maybe to anything else."""
+    chatter = (str(event.get("log_namespace", "")).startswith(HTTP_CLIENT_NAMESPACE)
+               and str(event.get("log_format", "")).startswith(HTTP_CLIENT_CHATTER))
+    return PredicateResult.no if chatter else PredicateResult.maybe
 
 
 @implementer(ILogObserver)

@@ -39,6 +39,20 @@ class LogControlTests(ScratchTestCase):
         with self.assertRaisesRegex(ValueError, "no log level 'loud'; the levels are debug, info"):
             self.logs.set_level("loud")
 
+    def test_the_http_clients_chatter_is_left_out(self) -> None:
+        """The etcd calls' HTTP client says nothing per connection; what else it says, and others' factory
+        lines, are kept."""
+        client = Logger(namespace="twisted.web.client._HTTP11ClientFactory", observer=self.publisher)
+        client.info("Starting factory {factory!r}", factory="a pool's")
+        client.info("Stopping factory {factory!r}", factory="a pool's")
+        client.warn("something else")
+        Logger(namespace="twisted.internet.protocol.Factory", observer=self.publisher).info(
+            "Starting factory {factory!r}", factory="a server's")
+        self.assertEqual(self.texts(), ["something else", "Starting factory {factory!r}"])
+        with open(self.json) as lines:
+            self.assertEqual([event["log_format"] for event in eventsFromJSONLogFile(lines)],
+                             ["something else", "Starting factory {factory!r}"])
+
     def test_json_lines_carry_the_domains_fields(self) -> None:
         """An event about a domain gets its role, epoch and checkpoint; its own fields win."""
         self.engine.warn("domain {domain}: running UNPROTECTED", domain="lab")

@@ -510,6 +510,8 @@ class PeerLinkFactory(Factory):
     """Builds a L{PeerLink} per connection, all reporting to one observer; under TLS when ``tls`` is given,
     as its client on the primary (which dials) and its server on the secondary."""
 
+    noisy = False  # no "Starting factory" line per dial: a primary that redials says why, once per try
+
     local: Hello
     peer_node: str | None
     observer: IPeerLinkObserver
