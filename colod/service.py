@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred, succeed
@@ -201,6 +201,11 @@ class DomainService(Service):
                                   on_lost=self._lease_lost, on_renewed=self._lease_renewed)
         if config.role is Role.PRIMARY:
             assert qmp is not None  # only a Xen secondary has none
+            if generation.superseded is not None:
+                await self._halt_for_good(
+                    f"this node was taken over from ({generation.superseded_path}: {generation.superseded}): "
+                    "it must never run the guest as primary; once it holds the newest data again (a "
+                    f"secondary of the new primary, for one checkpoint), or is sure to, remove that file")
             if self._seat is not None:
                 await self._own(self._seat, generation)
             self.engine = PrimaryEngine(*common, qmp, generation=generation,
@@ -240,15 +245,13 @@ class DomainService(Service):
                 f"{generation.value}")
         if not result.won:
             owner = f"{result.owner.node} owns it" if result.owner else "nobody owns it"
-            why = (f"etcd says {owner} in epoch {result.epoch}, and this node's generation is "
-                   f"{generation.value}: this node must never run it as primary")
-            self.log.critical("domain {domain}: {why}; halting its guest here", domain=self._domain.name,
-                              why=why)
             try:
-                await self._guest.halt()
-            except Exception as e:  # noqa: BLE001 - said in the one line colod ends with
-                raise ProtectionError(f"{why}; halting its guest here FAILED: {e}") from None
-            raise ProtectionError(f"{why}; its guest here is halted")
+                generation.supersede(result.owner.node if result.owner else "another node", result.epoch)
+            except GenerationError as e:
+                self.log.critical("domain {domain}: {error}", domain=self._domain.name, error=e)
+            await self._halt_for_good(f"etcd says {owner} in epoch {result.epoch}, and this node's "
+                                      f"generation is {generation.value}: this node must never run it as "
+                                      "primary")
         try:
             generation.advance(result.epoch)
         except GenerationError as e:
@@ -261,6 +264,18 @@ class DomainService(Service):
             raise ProtectionError(f"no guard for the guest, should colod die: {e}") from None
         assert seat.keeper is not None and seat.keeper.deadline is not None
         self._guard.renew(seat.keeper.deadline)
+
+    async def _halt_for_good(self, why: str) -> NoReturn:
+        """Another node may run the guest: halt it here, and end protection, saying ``why``.
+
+        @raise ProtectionError: always.
+        """
+        self.log.critical("domain {domain}: {why}; halting its guest here", domain=self._domain.name, why=why)
+        try:
+            await self._guest.halt()
+        except Exception as e:  # noqa: BLE001 - said in the one line colod ends with
+            raise ProtectionError(f"{why}; halting its guest here FAILED: {e}") from None
+        raise ProtectionError(f"{why}; its guest here is halted")
 
     def _lease_renewed(self, deadline: float) -> None:
         if self._guard is not None:

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from colod.config import DomainConfig
 from colod.devices import DeviceGroup
 from colod.engine.core import EngineCore, EngineInputs, describe
-from colod.engine.generation import Generation
+from colod.engine.generation import Generation, GenerationError
 from colod.engine.link_end import LinkEnd
 from colod.engine.machine import MachineBuilder, nothing
 from colod.engine.status import Pause, StatusFile
@@ -235,6 +235,11 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
             return None  # the same, or an older secondary, which adopts this node's
         why = (f"{peer.node} is at generation {peer.generation}, this node at {self.generation.value}: the "
                "domain was taken over from this node")
+        try:
+            self.generation.supersede(peer.node, peer.generation)
+        except GenerationError as e:
+            self.log.critical("domain {domain}: {error}: after a restart this node will not know it was "
+                              "taken over from", domain=self.domain.name, error=e)
         try:
             self.machine.superseded(why)
         except NoTransition:

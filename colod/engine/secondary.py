@@ -199,6 +199,17 @@ class SecondaryEngine(EngineCore[SecondaryInputs, SecondaryState]):
         else:
             self.machine.primary_lost(end.reason)
 
+    def holds_the_newest_data(self) -> None:
+        """A checkpoint is committed here: a mark that this node was once taken over from no longer holds."""
+        if self.generation.superseded is not None:
+            try:
+                self.generation.unmark()
+            except GenerationError as e:
+                self.log.error("domain {domain}: {error}", domain=self.domain.name, error=e)
+            else:
+                self.log.info("domain {domain}: this node holds the newest data again: the mark that it was "
+                              "taken over from is removed", domain=self.domain.name)
+
     def request_failover(self, by: str) -> None:
         """An operator's "take over now" (``by``: who, for the log), as a request the engine takes up at
         its next look, the way ``colod failover``'s is: under the etcd policy only once a claim won.
@@ -392,6 +403,7 @@ def _checkpoint_done(machine: SecondaryInputs, engine: SecondaryEngine) -> None:
     engine.protected = True
     if engine.checkpoints == 1:
         engine.log.info("domain {domain}: standing by: first checkpoint applied", domain=engine.domain.name)
+        engine.holds_the_newest_data()
     engine.publish()
 
 

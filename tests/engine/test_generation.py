@@ -52,3 +52,24 @@ class GenerationFileTests(ScratchTestCase):
             generation.advance(1)
         self.assertIn("cannot write generation 1 to", str(caught.exception))
         self.assertEqual(generation.value, 0)
+
+    def test_the_superseded_mark_outlives_a_restart(self) -> None:
+        """A node taken over from says so on disk, read again at the next start; removed, it is gone."""
+        directory = self.workdir / "guest1"
+        generation = Generation(directory)
+        self.assertIsNone(generation.superseded)
+        generation.supersede("host-b", 2)
+        self.assertEqual(Generation(directory).superseded, "generation 2, taken over by host-b")
+        self.assertEqual((directory / "superseded").read_text(), "generation 2, taken over by host-b\n")
+        self.assertEqual(Generation(directory).value, 0, "the mark is not this node's generation")
+        generation.unmark()
+        self.assertIsNone(Generation(directory).superseded)
+        generation.unmark()  # twice is once
+
+    def test_a_mark_that_cannot_be_written_is_an_error(self) -> None:
+        directory = self.workdir / "guest1"
+        generation = Generation(directory)
+        directory.write_text("")
+        with self.assertRaisesRegex(GenerationError, "cannot write the superseded mark to"):
+            generation.supersede("host-b", 1)
+        self.assertIsNone(generation.superseded)

@@ -10,7 +10,10 @@ say what it is.
 from __future__ import annotations
 
 import signal
+from contextlib import closing
 
+from colod.testing.lab import Poll
+from colod.testing.qmp_blocking import QMPClient
 from tests.cluster import ClusterTestCase, wait
 from tests.rig import async_test
 
@@ -40,3 +43,20 @@ class SupersededTests(ClusterTestCase):
         self.assertIn("refused the link with primary host-a", lab.secondary.logs())
         self.assertIn("host-a is at generation 0, older than this node's 1: the domain was taken over from "
                       "it, it must not run the guest", lab.secondary.logs())
+
+        # A cold start of the old primary, its peer out of reach and its guest run again (as a toolstack
+        # would): the mark on its disk makes it halt the guest and refuse, whatever its configuration says.
+        mark = lab.primary.state_dir / lab.domain / "superseded"
+        self.assertEqual(mark.read_text(), "generation 1, taken over by host-b\n")
+        self.assertEqual(lab.primary.stop_daemon(), 0)
+        lab.secondary.stop_daemon()
+        with closing(QMPClient(str(lab.primary.monitor))) as qmp:
+            qmp.execute("cont")
+        lab.primary.start_daemon()
+        await wait(Poll(lambda: None if lab.primary.daemon_running() else True, 30.0, "colod's end",
+                        lab.primary.context))
+        self.assertEqual(lab.primary.stop_daemon(), 1)
+        self.assertIn(f"this node was taken over from ({mark}: generation 1, taken over by host-b): it must "
+                      "never run the guest as primary", lab.primary.logs())
+        self.assertIn("its guest here is halted", lab.primary.logs())
+        self.assertEqual(lab.primary.qemu_status(), "paused")

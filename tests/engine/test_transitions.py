@@ -315,6 +315,7 @@ def _halts_for_good(case: TransitionTests, h: Harness) -> None:
     case.assertIn("SUPERSEDED: secondary is at generation 1, this node at 0: the domain was taken over "
                   "from this node", h.engine.error or "")
     _published(state="superseded", protected=False, generation=0)(case, h)
+    case.assertEqual(Generation(h.generation.path.parent).superseded, "generation 1, taken over by secondary")
     h.world.finish()
     case.assertEqual(h.world.calls[-2:], ["halt", "let go"])
 
@@ -675,6 +676,18 @@ class TransitionTests(SynchronousTestCase):
         self.assertEqual((h.engine.state, h.world.calls.count("devices.failover")),
                          (_S.PRIMARY_UNPROTECTED, 1))
         self.assert_stops_clean(h)
+
+    def test_a_secondarys_first_checkpoint_removes_the_superseded_mark(self) -> None:
+        """A node once taken over from holds the newest data again with its first checkpoint as a secondary:
+        its mark goes then, not at the link."""
+        h = Harness(Role.SECONDARY)
+        h.generation.supersede("primary", 1)
+        for input in SECONDARY_PATHS[_S.RESUMING]:
+            APPLY[input](h)
+        self.assertIsNotNone(Generation(h.generation.path.parent).superseded)
+        APPLY["resumed"](h)
+        self.assertIs(h.engine.state, _S.RUNNING)
+        self.assertIsNone(Generation(h.generation.path.parent).superseded)
 
     def test_what_the_secondary_refuses(self) -> None:
         """Checkpoints are the primary's to start, pause and resume; a failover on request only while the
