@@ -188,7 +188,7 @@ class FailoverConfig:
     #: The fence policy's command, an argv list ({domain} and {peer} filled in); empty otherwise.
     fence_command: tuple[str, ...] = ()
     fence_timeout: float = 60.0
-    #: The etcd policy's cluster (``http://host:port`` each); empty otherwise.
+    #: The etcd policy's cluster (``https://host:port`` each, or ``http://``); empty otherwise.
     etcd_endpoints: tuple[str, ...] = ()
     #: Seconds etcd keeps this node's lease after its last renewal.
     etcd_lease_ttl: int = 10
@@ -196,6 +196,9 @@ class FailoverConfig:
     etcd_prefix: str = "/colod/"
     #: Seconds one etcd call may take, every endpoint tried.
     etcd_timeout: float = 2.0
+    #: For https endpoints, ``[tls]``: etcd's certificate must be its CA's and name the endpoint's host, and
+    #: this node's certificate is its client certificate.  None for http (plaintext).
+    etcd_tls: TLSConfig | None = None
 
 
 @attrs.frozen
@@ -461,7 +464,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
     )
     qmp_table.done()
 
-    failover = _failover(top)
+    failover = _failover(top, tls)
 
     metrics_table = top.table("metrics")
     metrics = MetricsConfig(
@@ -501,7 +504,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
     return config
 
 
-def _failover(top: _Table) -> FailoverConfig:
+def _failover(top: _Table, tls: TLSConfig | None) -> FailoverConfig:
     """``[failover]``, which must be there: no file gets the unsafe heartbeat-only by default."""
     policies = tuple(p.value for p in PolicyName)
     if not top.has("failover"):
@@ -523,9 +526,14 @@ def _failover(top: _Table) -> FailoverConfig:
                                   table.take("fence_timeout", float, 60.0, check=_seconds(*FENCE_TIMEOUT)))
     elif policy is PolicyName.ETCD:
         endpoints: list[str] = table.take("etcd_endpoints", list, check=_etcd_endpoints)
+        secure = endpoints[0].startswith("https://")
+        if secure and tls is None:
+            raise table.fail("etcd_endpoints", "https needs [tls]: etcd's certificate is checked against its "
+                                               "CA, and this node's certificate is its client certificate")
         failover = FailoverConfig(
             policy,
             etcd_endpoints=tuple(endpoints),
+            etcd_tls=tls if secure else None,
             etcd_lease_ttl=table.take("etcd_lease_ttl", int, 10, check=_whole_seconds(*ETCD_LEASE_TTL)),
             etcd_prefix=table.take("etcd_prefix", str, "/colod/", check=_etcd_prefix),
             etcd_timeout=table.take("etcd_timeout", float, 2.0, check=_seconds(*ETCD_TIMEOUT)))
@@ -552,15 +560,16 @@ def _fence_command(argv: list[Any]) -> str | None:
 def _etcd_endpoints(urls: list[Any]) -> str | None:
     if not urls:
         return "needs at least one etcd member's URL"
+    if not all(isinstance(url, str) for url in urls):
+        return "must be a list of strings, one https://HOST:PORT URL per etcd member"
     for url in urls:
-        if not isinstance(url, str):
-            return "must be a list of strings, one http://HOST:PORT URL per etcd member"
-        if url.startswith("https://"):
-            return f"{url}: https is not supported yet; use http://HOST:PORT on a trusted network"
-        host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
-        if not url.startswith("http://") or not host or "/" in host or not port.isdigit() \
+        scheme, _, rest = url.partition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if scheme not in ("https", "http") or not host or "/" in host or not port.isdigit() \
                 or not 0 < int(port) < 65536:
-            return f"{url}: must be http://HOST:PORT"
+            return f"{url}: must be https://HOST:PORT (or http://, plaintext)"
+    if len({url.partition("://")[0] for url in urls}) > 1:
+        return "mixes https and http: one cluster, one way to reach it"
     return None
 
 

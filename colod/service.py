@@ -449,6 +449,12 @@ class ColodService(MultiService):
             self.log.warn("INSECURE: the peer link is plaintext (peer.tls = false in {path}): anyone who "
                           "can reach it can read the guest's memory and disks' checkpoints, and act as "
                           "the peer; use [tls]", path=self.config.path)
+        failover = self.config.failover
+        if failover.policy is PolicyName.ETCD and failover.etcd_tls is None:
+            self.log.warn("INSECURE: etcd is reached over plaintext http ({path}): whoever can reach it, or "
+                          "the network between, can grant the domain to a secondary while its primary runs; "
+                          "use https (etcd with --client-cert-auth and a certificate of [tls]'s CA)",
+                          path=self.config.path)
         if self.config.failover.policy is PolicyName.HEARTBEAT_ONLY:
             self.log.warn("UNSAFE: failover policy heartbeat-only ({path}): a secondary that stops hearing "
                           "its primary takes over, so a partition or a stalled primary runs the guest on "

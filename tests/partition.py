@@ -87,7 +87,7 @@ class Pair:
             for name in ("host-a", "host-b"):
                 self.relays[name] = Relay(reactor, self.etcd.client_port)
             settings.update(etcd=self.etcd, etcd_lease_ttl=ttl,
-                            etcd_urls={name: relay.url for name, relay in self.relays.items()})
+                            etcd_ports={name: relay.port for name, relay in self.relays.items()})
         self.ttl = ttl
         self.lab = Lab(workdir, **settings)
         self.proxy = LinkProxy(self.lab.secondary_port)
@@ -137,7 +137,8 @@ class Pair:
     async def owner(self) -> dict[str, Any] | None:
         """The domain's owner key in etcd (node and epoch), read straight from etcd; None: no owner."""
         assert self.etcd is not None
-        found = await EtcdClient([self.etcd.url], reactor).get(f"/colod/{self.lab.domain}/owner".encode())
+        client = EtcdClient([self.etcd.url], reactor, tls=self.etcd.tls)
+        found = await client.get(f"/colod/{self.lab.domain}/owner".encode())
         return None if found is None else dict(json.loads(found.value))
 
     async def close(self) -> None:

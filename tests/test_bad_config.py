@@ -389,13 +389,21 @@ BAD = [
         "failover.etcd_endpoints: missing required key"),
     Bad("failover_etcd_no_endpoint", failover('policy = "etcd"\netcd_endpoints = []'),
         "failover.etcd_endpoints: needs at least one etcd member's URL (got [])"),
-    Bad("failover_etcd_https", failover('policy = "etcd"\netcd_endpoints = ["https://etcd1:2379"]'),
-        "failover.etcd_endpoints: https://etcd1:2379: https is not supported yet; use http://HOST:PORT on a "
-        "trusted network (got ['https://etcd1:2379'])"),
+    Bad("failover_etcd_https_without_tls", failover('policy = "etcd"\netcd_endpoints = ["https://etcd1:2379"]'),
+        "failover.etcd_endpoints: https needs [tls]: etcd's certificate is checked against its CA, and this "
+        "node's certificate is its client certificate"),
+    Bad("failover_etcd_mixed_schemes",
+        failover('policy = "etcd"\netcd_endpoints = ["https://etcd1:2379", "http://etcd2:2379"]'),
+        "failover.etcd_endpoints: mixes https and http: one cluster, one way to reach it "
+        "(got ['https://etcd1:2379', 'http://etcd2:2379'])"),
+    Bad("failover_etcd_other_scheme", failover('policy = "etcd"\netcd_endpoints = ["unix://etcd1:2379"]'),
+        "failover.etcd_endpoints: unix://etcd1:2379: must be https://HOST:PORT (or http://, plaintext) "
+        "(got ['unix://etcd1:2379'])"),
     Bad("failover_etcd_no_port", failover('policy = "etcd"\netcd_endpoints = ["http://etcd1"]'),
-        "failover.etcd_endpoints: http://etcd1: must be http://HOST:PORT (got ['http://etcd1'])"),
+        "failover.etcd_endpoints: http://etcd1: must be https://HOST:PORT (or http://, plaintext) "
+        "(got ['http://etcd1'])"),
     Bad("failover_etcd_not_a_string", failover('policy = "etcd"\netcd_endpoints = [2379]'),
-        "failover.etcd_endpoints: must be a list of strings, one http://HOST:PORT URL per etcd member "
+        "failover.etcd_endpoints: must be a list of strings, one https://HOST:PORT URL per etcd member "
         "(got [2379])"),
     Bad("failover_etcd_ttl_short",
         failover('policy = "etcd"\netcd_endpoints = ["http://etcd1:2379"]\netcd_lease_ttl = 1'),

@@ -149,6 +149,15 @@ class ExampleConfigTests(ScratchTestCase):
             PolicyName.ETCD, etcd_endpoints=("http://192.0.2.5:2379", "http://etcd2:2379/"),
             etcd_lease_ttl=10, etcd_prefix="/colod/", etcd_timeout=2.0))
 
+    def test_etcd_over_https_uses_the_nodes_tls(self) -> None:
+        """https endpoints are reached with [tls]'s files: its CA checks etcd, its certificate is ours."""
+        text = edited('[failover]\npolicy = "manual"\n',
+                      '[failover]\npolicy = "etcd"\netcd_endpoints = ["https://etcd1:2379", "https://etcd2:2379"]\n')
+        loaded = config.parse(__import__("tomllib").loads(text + certs.files("dom0-b").toml()), "good.toml")
+        self.assertIsNotNone(loaded.tls)
+        self.assertEqual((loaded.failover.etcd_endpoints, loaded.failover.etcd_tls),
+                         (("https://etcd1:2379", "https://etcd2:2379"), loaded.tls))
+
     def test_defaults(self) -> None:
         """Keys left out take the documented defaults."""
         loaded = config.parse(__import__("tomllib").loads(GOOD), "good.toml")

@@ -16,6 +16,11 @@ deadline the call fails with EtcdUnavailable; a member's answer that is an
 error fails it with EtcdError, whose message is etcd's.  A request that timed
 out may still have been applied: callers make their writes safe to repeat
 (colod.failover.ownership does).
+
+Over https (the members' URLs say), a member must show a certificate of
+``[tls]``'s CA naming the URL's host, and this node shows its own
+certificate: an etcd run with ``--client-cert-auth`` and that CA lets in
+only the site's nodes.  A TLS failure is a member that did not answer.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from io import BytesIO
 from typing import Any
 
 import attrs
-from twisted.internet import defer, error
+from OpenSSL import SSL
+from twisted.internet import defer, error, ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -42,7 +48,10 @@ from twisted.web.client import (
     ResponseFailed,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from colod.config import TLSConfig
 
 #: Seconds a call may take, all members tried included.
 DEFAULT_TIMEOUT = 2.0
@@ -158,26 +167,46 @@ def nested(compare: Sequence[Op], success: Sequence[Op], failure: Sequence[Op]) 
 
 #: What a member that never answered looks like: it could not be reached, or the exchange broke or timed out.
 _NO_ANSWER = (error.ConnectError, error.ConnectionLost, ResponseFailed, RequestTransmissionFailed,
-              defer.TimeoutError)
+              defer.TimeoutError, SSL.Error)
 
 
 class _Unserving(Exception):
     """A member answered that it cannot serve now; the next member may."""
 
 
+@implementer(IPolicyForHTTPS)
+class _SiteTLS:
+    """https to etcd: its certificate must be the CA's and name the URL's host; this node's is shown."""
+
+    def __init__(self, tls: TLSConfig) -> None:
+        """@raise OSError, ssl.SSL.Error: a file cannot be read or parsed (the configuration checked them)."""
+        with open(tls.ca, "rb") as ca, open(tls.certificate, "rb") as certificate, open(tls.key, "rb") as key:
+            self._ca = ssl.Certificate.loadPEM(ca.read())
+            self._mine = ssl.PrivateCertificate.loadPEM(certificate.read() + b"\n" + key.read())
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._ca,
+                                       clientCertificate=self._mine)
+
+
 class EtcdClient:
-    """The v3 API of one etcd cluster, reached at ``endpoints`` (``http://host:port`` each)."""
+    """The v3 API of one etcd cluster, reached at ``endpoints`` (``https://host:port`` each, with ``tls``;
+    or ``http://``)."""
 
     def __init__(self, endpoints: Sequence[str], reactor: IReactorTime,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, tls: TLSConfig | None = None) -> None:
         if not endpoints:
             raise ValueError("an etcd client needs at least one endpoint")
+        if any(url.startswith("https://") for url in endpoints) and tls is None:
+            raise ValueError("https etcd endpoints need TLS files")
         self.endpoints = [url.rstrip("/") for url in endpoints]
         self.timeout = timeout
         self._clock = reactor
         # One connection per call: a connection kept from before a member restarted would fail the next
         # call for nothing, and a keepalive every few seconds does not need to save a handshake.
-        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self._agent = (Agent(reactor, pool=pool) if tls is None else
+                       Agent(reactor, contextFactory=_SiteTLS(tls), pool=pool))
         self._first = 0
 
     def grant(self, ttl: int) -> Deferred[Lease]:

@@ -67,7 +67,7 @@ class EtcdSeat:
         self.node = node
         self.ttl = failover.etcd_lease_ttl
         self.prefix = failover.etcd_prefix
-        self.client = EtcdClient(failover.etcd_endpoints, reactor, failover.etcd_timeout)
+        self.client = EtcdClient(failover.etcd_endpoints, reactor, failover.etcd_timeout, failover.etcd_tls)
         self._reactor = reactor
         self._clock = clock
         self._on_expiring = on_expiring

@@ -24,7 +24,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +94,7 @@ def _owner(lab: Lab) -> dict[str, Any]:
     """The domain's owner key, read from etcd itself (its v3 JSON gateway): {"node": ..., "epoch": ...}."""
     assert lab.etcd is not None
     key = base64.b64encode(f"/colod/{lab.domain}/owner".encode()).decode()
-    request = urllib.request.Request(f"{lab.etcd.url}/v3/kv/range", data=json.dumps({"key": key}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5.0) as answer:
-        found = json.load(answer).get("kvs", [])
+    found = lab.etcd.post("/v3/kv/range", {"key": key}).get("kvs", [])
     if not found:
         raise LabError(f"etcd holds no owner for domain {lab.domain}")
     return dict(json.loads(base64.b64decode(found[0]["value"])))

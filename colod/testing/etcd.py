@@ -8,6 +8,12 @@ the same data directory and ports (what it stored survives, as in a real
 restart), and frozen and thawed (SIGSTOP, SIGCONT: a hung member whose sockets
 still accept connections).  It gets SIGKILL if the process that started it
 dies, so a crashed test run leaks no etcd.
+
+Given TLS files (use_tls(): a certificate that names ``localhost``, from the
+CA of the nodes' ``[tls]``), it serves clients over https only, at
+``https://localhost:PORT``, and lets in only clients with a certificate of
+that CA (``--client-cert-auth``), as a production etcd for colod should;
+the rig's own checks show its certificate as theirs.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+from colod.config import TLSConfig
 from colod.testing.processes import free_port, terminate
 from colod.testing.qemu_process import _die_with_parent
 
@@ -28,8 +37,8 @@ ETCD_BINARY = "/usr/bin/etcd"
 START_TIMEOUT = 20.0
 #: Seconds between two health checks while it starts.
 PROBE_INTERVAL = 0.05
-#: urllib without the runner's proxy settings: loopback is reached directly.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+#: The host a TLS etcd's certificate names, and its clients' URLs.
+TLS_HOST = "localhost"
 
 
 class EtcdStartError(Exception):
@@ -48,11 +57,25 @@ class EtcdServer:
         #: The cluster's members as ``name=peer URL``, comma-separated (start_cluster() sets it).
         self.initial_cluster = f"{name}={self.peer_url}"
         self._process: subprocess.Popen[bytes] | None = None
+        #: Its certificate (and its clients' CA), once use_tls() was called; None: plaintext http.
+        self.tls: TLSConfig | None = None
+        self._opener = _opener(None)
+
+    def use_tls(self, files: TLSConfig) -> None:
+        """Serve clients over https with ``files`` (a certificate naming TLS_HOST), from the next start."""
+        self.tls = files
+        self._opener = _opener(files)
+
+    def url_at(self, port: int) -> str:
+        """The URL of this etcd's kind (https or http) at another ``port``: a relay in front of it."""
+        if self.tls is None:
+            return f"http://127.0.0.1:{port}"
+        return f"https://{TLS_HOST}:{port}"
 
     @property
     def url(self) -> str:
         """Where clients reach it."""
-        return f"http://127.0.0.1:{self.client_port}"
+        return self.url_at(self.client_port)
 
     @property
     def peer_url(self) -> str:
@@ -61,9 +84,13 @@ class EtcdServer:
 
     @property
     def command(self) -> list[str]:
+        listen = self.url.replace(TLS_HOST, "127.0.0.1")
+        tls = [] if self.tls is None else [
+            "--cert-file", self.tls.certificate, "--key-file", self.tls.key, "--trusted-ca-file", self.tls.ca,
+            "--client-cert-auth"]
         return [
             ETCD_BINARY, "--name", self.name, "--data-dir", str(self.data_dir), "--logger", "zap",
-            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-client-urls", listen, "--advertise-client-urls", self.url, *tls,
             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", self.initial_cluster, "--initial-cluster-state", "new",
         ]
@@ -100,17 +127,25 @@ class EtcdServer:
     def healthy(self) -> bool:
         """Whether etcd answers its health check with true (it has a leader and serves)."""
         try:
-            with _DIRECT.open(self.url + "/health", timeout=1.0) as answer:
+            with self._opener.open(self.url + "/health", timeout=1.0) as answer:
                 return bool(json.load(answer).get("health") == "true")
         except (OSError, ValueError):
             return False
 
     def is_leader(self) -> bool:
         """Whether this member leads the cluster now (its status says the leader is itself)."""
-        request = urllib.request.Request(self.url + "/v3/maintenance/status", data=b"{}", method="POST")
-        with _DIRECT.open(request, timeout=2.0) as answer:
-            status = json.load(answer)
+        status = self.post("/v3/maintenance/status", {})
         return bool(status["leader"] == status["header"]["member_id"])
+
+    def post(self, path: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """``body`` to the v3 JSON gateway's ``path`` (with the rig's own certificate under TLS): the answer.
+
+        @raise OSError: no answer.
+        """
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with self._opener.open(request, timeout=timeout) as answer:
+            return dict(json.load(answer))
 
     def output(self) -> str:
         """What etcd has printed so far, over every start."""
@@ -150,6 +185,17 @@ class EtcdServer:
 
     def __repr__(self) -> str:
         return f"<EtcdServer {self.name} {self.url} {'running' if self.running() else 'not running'}>"
+
+
+def _opener(tls: TLSConfig | None) -> urllib.request.OpenerDirector:
+    """urllib without the runner's proxy settings (loopback is reached directly), showing ``tls``'s
+    certificate and trusting its CA."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if tls is not None:
+        context = ssl.create_default_context(cafile=tls.ca)
+        context.load_cert_chain(tls.certificate, tls.key)
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
 
 
 def start_cluster(workdir: Path, size: int = 3, timeout: float = START_TIMEOUT) -> list[EtcdServer]:

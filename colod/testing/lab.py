@@ -34,9 +34,10 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from colod import certs
+from colod.config import TLSConfig
 from colod.guest.memory_image import MemoryImage
 from colod.protocol.wire import PAGE_SIZE
-from colod.testing.etcd import EtcdServer
+from colod.testing.etcd import TLS_HOST, EtcdServer
 from colod.testing.processes import free_port, terminate
 from colod.testing.qemu_process import QemuProcess, _die_with_parent
 from colod.testing.qmp_blocking import QMPClient, QMPError
@@ -331,8 +332,8 @@ class Lab:
     #: An etcd the lab starts in prepare() (and stops), and whose policy it writes into both configurations.
     etcd: EtcdServer | None = None
     etcd_lease_ttl: int = 3
-    #: A node's way to etcd, by its name, where not straight (a relay in between).
-    etcd_urls: dict[str, str] = attrs.field(factory=dict)
+    #: A node's way to etcd, by its name, where not straight: a relay's port.
+    etcd_ports: dict[str, int] = attrs.field(factory=dict)
     #: Where the secondary listens for the primary's link.
     secondary_port: int = attrs.field(factory=free_port)
     nbd_port: int = attrs.field(factory=free_port)
@@ -385,13 +386,19 @@ class Lab:
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(overlay), str(self.disk_size)],
                                check=True, timeout=30)
             MemoryImage.create(node.memory, self.memory_pages).close()
-        if self.etcd is not None:
-            self.etcd.start()
+        # In a TLS lab etcd is https too, its certificate from the nodes' CA, as colod advises.
+        etcd_tls = self.etcd is not None and self.tls
         command = [str(BIN / "colod"), "make-certs", "--dir", str(self.certs_dir),
-                   *(node.name for node in self.nodes)]
+                   *(node.name for node in self.nodes), *([TLS_HOST] if etcd_tls else [])]
         made = subprocess.run(command, capture_output=True, text=True, timeout=30)
         if made.returncode:
             raise LabError(f"colod make-certs failed: {made.stderr.strip()}")
+        if self.etcd is not None:
+            if etcd_tls:
+                directory = self.certs_dir / TLS_HOST
+                self.etcd.use_tls(TLSConfig(str(directory / certs.CA_CERT), str(directory / certs.CERT),
+                                            str(directory / certs.KEY)))
+            self.etcd.start()
         self.primary.config.write_text(self._config(
             self.primary, self.secondary,
             f'connect = "tcp:host=127.0.0.1:port={link_port or self.secondary_port}:timeout=5"'))
@@ -450,7 +457,8 @@ hidden_image = "{node.hidden}"
     def _failover(self, node: Node) -> str:
         if self.etcd is None:
             return self.failover
-        return (f'policy = "etcd"\netcd_endpoints = ["{self.etcd_urls.get(node.name, self.etcd.url)}"]\n'
+        url = self.etcd.url_at(self.etcd_ports.get(node.name, self.etcd.client_port))
+        return (f'policy = "etcd"\netcd_endpoints = ["{url}"]\n'
                 f"etcd_lease_ttl = {self.etcd_lease_ttl}\netcd_timeout = 1.0")
 
     def qemu_args(self, node: Node, *options: str) -> list[str]:

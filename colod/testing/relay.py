@@ -88,11 +88,16 @@ class Relay:
         self._listening: IListeningPort = reactor.listenTCP(0, _Listener(self), interface="127.0.0.1")
 
     @property
-    def url(self) -> str:
-        """The relay's address as an HTTP endpoint."""
+    def port(self) -> int:
+        """Where the relay listens, on 127.0.0.1."""
         address = self._listening.getHost()
         assert isinstance(address, IPv4Address)
-        return f"http://127.0.0.1:{address.port}"
+        return address.port
+
+    @property
+    def url(self) -> str:
+        """The relay's address as a plain HTTP endpoint."""
+        return f"http://127.0.0.1:{self.port}"
 
     def freeze(self) -> None:
         """Carry nothing more, either way, until thaw()."""

@@ -41,12 +41,12 @@ class EtcdFailoverTests(ClusterTestCase):
         """The lab's pair under the etcd policy, protected; the primary reaches etcd through a relay
         (self.relay) if asked."""
         etcd = EtcdServer(self.workdir)
-        urls = {}
+        ports = {}
         if relay_primary:
             self.relay = Relay(reactor, etcd.client_port)
             self.addCleanup(self.relay.close)
-            urls["host-a"] = self.relay.url
-        lab = await self.start_cluster(etcd=etcd, etcd_lease_ttl=TTL, etcd_urls=urls, **settings)
+            ports["host-a"] = self.relay.port
+        lab = await self.start_cluster(etcd=etcd, etcd_lease_ttl=TTL, etcd_ports=ports, **settings)
         # Last in, first out: a QEMU or daemon left stopped is killed, not waited for, before the lab closes.
         self.addCleanup(lab.primary.kill_qemu)
         self.addCleanup(lab.primary.kill_daemon)
@@ -68,7 +68,8 @@ class EtcdFailoverTests(ClusterTestCase):
 
     async def owner(self, lab: Lab) -> dict[str, Any] | None:
         assert lab.etcd is not None
-        found = await EtcdClient([lab.etcd.url], reactor).get(f"/colod/{lab.domain}/owner".encode())
+        found = await EtcdClient([lab.etcd.url], reactor, tls=lab.etcd.tls).get(
+            f"/colod/{lab.domain}/owner".encode())
         return None if found is None else json.loads(found.value)
 
     async def watch(self, lab: Lab, until: Callable[[], bool], timeout: float, what: str) -> list[str]:
@@ -188,7 +189,8 @@ class EtcdFailoverTests(ClusterTestCase):
     async def test_a_primary_that_meets_another_owner_halts_its_guest(self) -> None:
         lab = self.prepared()
         assert lab.etcd is not None
-        failover = FailoverConfig(PolicyName.ETCD, etcd_endpoints=(lab.etcd.url,), etcd_lease_ttl=TTL)
+        failover = FailoverConfig(PolicyName.ETCD, etcd_endpoints=(lab.etcd.url,), etcd_lease_ttl=TTL,
+                                  etcd_tls=lab.etcd.tls)
         other = EtcdSeat(failover, lab.domain, "host-b", reactor, MonotonicClock(asyncio_loop()))
         self.addCleanup(other.stop)
         self.assertTrue((await other.own(0)).won)

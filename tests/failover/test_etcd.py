@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+from twisted.internet import reactor
+
+from colod import certs
+from colod.config import TLSConfig
 from colod.failover.etcd import (
+    EtcdClient,
     EtcdError,
     EtcdUnavailable,
     created,
@@ -13,7 +19,8 @@ from colod.failover.etcd import (
     put,
     value_is,
 )
-from tests.failover.rig import EtcdTestCase, dead_url
+from colod.testing.etcd import TLS_HOST, EtcdServer
+from tests.failover.rig import CALL_TIMEOUT, EtcdTestCase, dead_url
 from tests.rig import async_test
 
 #: Seconds a call may overrun its deadline here (the reactor's latency on a busy machine).
@@ -143,3 +150,53 @@ class EndpointTests(EtcdTestCase):
         started = time.monotonic()
         self.assertEqual(await client.keepalive(lease.id), 5)
         self.assertLess(time.monotonic() - started, 0.5)
+
+
+def site_files(authority: Path, node: str) -> TLSConfig:
+    """``node``'s [tls] files in the CA directory ``authority`` (colod make-certs' layout)."""
+    directory = authority / node
+    return TLSConfig(str(directory / certs.CA_CERT), str(directory / certs.CERT), str(directory / certs.KEY))
+
+
+class TLSTests(EtcdTestCase):
+    """etcd over https with --client-cert-auth, as colod advises: only the site's nodes get in, and a node
+    talks only to an etcd of its CA that names the host it dialled."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.site = self.workdir / "site"
+        certs.make(self.site, [TLS_HOST, "host-a"])
+        self.stranger = self.workdir / "stranger"
+        certs.make(self.stranger, [TLS_HOST, "host-a"])
+        self.server = EtcdServer(self.workdir)
+        self.server.use_tls(site_files(self.site, TLS_HOST))
+        self.addCleanup(self.server.stop)
+        self.server.start()
+
+    def tls_client(self, tls: TLSConfig, url: str | None = None) -> EtcdClient:
+        return EtcdClient([url or self.server.url], reactor, timeout=CALL_TIMEOUT, tls=tls)
+
+    @async_test
+    async def test_a_node_of_the_site_gets_in(self) -> None:
+        self.assertTrue(self.server.url.startswith(f"https://{TLS_HOST}:"))
+        client = self.tls_client(site_files(self.site, "host-a"))
+        lease = await client.grant(5)
+        self.assertIn(await client.time_to_live(lease.id), (4, 5))
+
+    @async_test
+    async def test_strangers_are_refused(self) -> None:
+        """A client of another CA is refused by etcd; a client that does not trust etcd's CA, or finds it
+        under another host name, refuses etcd; plaintext gets nothing."""
+        mine = site_files(self.site, "host-a")
+        theirs = site_files(self.stranger, "host-a")
+        tries = {
+            "another CA's certificate": self.tls_client(TLSConfig(mine.ca, theirs.certificate, theirs.key)),
+            "trusting another CA": self.tls_client(TLSConfig(theirs.ca, mine.certificate, mine.key)),
+            "another host name": self.tls_client(mine, f"https://127.0.0.1:{self.server.client_port}"),
+            "plaintext": self.client(f"http://127.0.0.1:{self.server.client_port}"),
+        }
+        for what, client in tries.items():
+            with self.assertRaises(EtcdUnavailable, msg=what) as raised:
+                await client.grant(5)
+            self.assertIn(f"no etcd member answered /v3/lease/grant within {CALL_TIMEOUT:g} s",
+                          str(raised.exception), what)
