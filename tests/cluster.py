@@ -176,16 +176,27 @@ class MainLedger:
     @ivar current: the names of the records of the checkpoint under way (from
         its CHECKPOINT_STATE(NEW)), or of the last one; a record written only
         in part is named with " (part)".  Heartbeats are left out.
-    @ivar committed: how many checkpoints' CHECKPOINT_END went through whole.
+    @ivar committed: how many checkpoints' CHECKPOINT_END went through whole
+        (to a connection still up when written: one the secondary had given up
+        on reads nothing more).
     @ivar committed_ops: the writer's operation count in the memory of the
         last of those: what a secondary holds once it has applied it.
+    @ivar applied_ops: the writer's operation count in the last checkpoint the
+        secondary said it applied (its SVM_READY came back): a secondary that
+        takes over holds at least that, and at most committed_ops.
     """
 
     def __init__(self) -> None:
         self.current: list[str] = []
         self.committed = 0
         self.committed_ops: int | None = None
+        self.applied_ops: int | None = None
         self._ops: int | None = None  # page 0's count as of the records written so far
+
+    def came_back(self, piece: Piece) -> None:
+        """``piece`` came from the secondary."""
+        if isinstance(piece, CheckpointState) and piece.id is CheckpointId.SVM_READY:
+            self.applied_ops = self.committed_ops
 
     def written(self, piece: Piece, whole: bool) -> None:
         """``piece`` went to the secondary, to its last byte if ``whole``, else only its first part."""
@@ -230,6 +241,8 @@ class _Pipe:
 
     def received(self, data: bytes) -> None:
         for piece, chunk in self._cutter.feed(data):
+            if self.direction is Direction.BACK:
+                self._proxy.ledger.came_back(piece)
             for trigger in self._proxy.due(self.direction, piece, before=True):
                 if trigger.part:
                     self.send(chunk[: trigger.part], piece, whole=False)
@@ -250,7 +263,7 @@ class _Pipe:
         if self.direction not in self._proxy.held:
             queue, self._queue = self._queue, []
             self.destination.writeSequence([chunk for _, chunk, _ in queue])
-            if self.direction is Direction.MAIN:
+            if self.direction is Direction.MAIN and self.destination.connected:
                 for piece, _, whole in queue:
                     self._proxy.ledger.written(piece, whole)
         if self._closed:

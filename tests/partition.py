@@ -20,8 +20,9 @@ QEMU that the guard is stopping waits for its deadline, and the proxy must
 keep forwarding meanwhile): a look at which both guests run is a violation.
 After the faults heal, L{settle} waits until exactly one guest runs and the
 other node says why not, watches a while longer, and judges the outcome: the
-one that runs is the one etcd names, with the newest checkpoint if it took
-over.
+one that runs is the one etcd names; if it took over, with no checkpoint
+older than the last it said it applied (SVM_READY), and none newer than the
+last sent to it.
 """
 
 from __future__ import annotations
@@ -236,8 +237,9 @@ def _quiet(pair: Pair, runs: str, primary: dict[str, Any] | None, secondary: dic
 async def settle(pair: Pair, watch: Watch, floor: int) -> Outcome:
     """Wait (with a deadline) until exactly one guest runs and the other node says why not, watch a
     lease's TTL longer, and judge: both guests never ran; the one that runs is etcd's owner; a takeover
-    holds exactly the last checkpoint that reached the secondary, and at least ``floor`` writer operations
-    (those done before the first fault); a primary that keeps its guest makes progress.
+    holds a checkpoint no older than the last the secondary said it applied (and than ``floor`` writer
+    operations, those done before the first fault) and no newer than the last sent to it; a primary that
+    keeps its guest makes progress.
     """
     lab = pair.lab
     deadline = time.monotonic() + SETTLE + pair.ttl
@@ -271,10 +273,11 @@ async def settle(pair: Pair, watch: Watch, floor: int) -> Outcome:
     took_over = bool((secondary or {}).get("failed_over"))
     if took_over and now == "secondary":
         verdict = lab.verify(lab.secondary)
-        committed = pair.proxy.ledger.committed_ops
-        if not verdict.ok or verdict.ops != committed or verdict.ops < floor:
-            violations.append(f"the secondary took over with {verdict.summary}; the last checkpoint that "
-                              f"reached it held {committed} writer operations (at least {floor})")
+        ledger = pair.proxy.ledger
+        newest, applied = ledger.committed_ops or 0, max(ledger.applied_ops or 0, floor)
+        if not verdict.ok or not applied <= verdict.ops <= newest:
+            violations.append(f"the secondary took over with {verdict.summary}; it had said it applied "
+                              f"{applied} writer operations; the last checkpoint sent to it held {newest}")
     if now == "primary":
         try:
             await wait(lab.until_ops(lab.ops() + PROGRESS, 10.0))

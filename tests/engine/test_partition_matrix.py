@@ -6,8 +6,9 @@ etcd-server, the link through the proxy and each node's way to etcd through
 a relay (tests.partition).  Both guests are looked at every 50 ms from the
 first fault until the end: at no look may both run.  After the heal exactly
 one runs, the one etcd names, and the other says why (it stands by, awaits
-the operator, or stopped its guest for good); a takeover holds exactly the
-last checkpoint that reached the secondary.  The last row is the rig's own
+the operator, or stopped its guest for good); a takeover holds no checkpoint
+older than the last the secondary said it applied, nor newer than the last
+sent to it.  The last row is the rig's own
 check: the heartbeat-only policy under a cut link runs both guests, and the
 watch must say so.  The table of outcomes is printed at the end of the run.
 """
