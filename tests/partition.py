@@ -213,11 +213,14 @@ class Outcome:
     fenced: bool
     violations: tuple[str, ...]
     looks: int
+    #: After a takeover, the writer's operations the secondary holds, and the range allowed (what it said it
+    #: applied, what was sent to it); "" otherwise.
+    data: str = ""
 
     def row(self) -> str:
         judged = "ok" if not self.violations else "VIOLATION: " + "; ".join(self.violations)
         return (f"runs {self.runs}; primary {self.primary}, secondary {self.secondary}; owner {self.owner}; "
-                f"{self.looks} looks; {judged}")
+                f"{self.data}{self.looks} looks; {judged}")
 
 
 def _state(status: dict[str, Any] | None) -> str:
@@ -271,10 +274,12 @@ async def settle(pair: Pair, watch: Watch, floor: int) -> Outcome:
     if pair.etcd is not None and owner is None and now != "none":
         violations.append(f"the guest runs on the {now}, and nobody owns the domain in etcd")
     took_over = bool((secondary or {}).get("failed_over"))
+    data = ""
     if took_over and now == "secondary":
         verdict = lab.verify(lab.secondary)
         ledger = pair.proxy.ledger
         newest, applied = ledger.committed_ops or 0, max(ledger.applied_ops or 0, floor)
+        data = f"took over at {verdict.ops} ops (applied {applied}, sent {newest}); "
         if not verdict.ok or not applied <= verdict.ops <= newest:
             violations.append(f"the secondary took over with {verdict.summary}; it had said it applied "
                               f"{applied} writer operations; the last checkpoint sent to it held {newest}")
@@ -285,7 +290,7 @@ async def settle(pair: Pair, watch: Watch, floor: int) -> Outcome:
             violations.append(f"the primary's guest makes no progress: {e}")
     fenced = _state(primary) in STOPPED_FOR_GOOD or lab.primary.qemu_stopped()
     return Outcome(now, _state(primary), _state(secondary), owner_name, took_over, fenced, tuple(violations),
-                   watch.looks)
+                   watch.looks, data)
 
 
 #: The partition matrix's outcomes as its tests ran, for the run's summary (tests/conftest.py).
