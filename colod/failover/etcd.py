@@ -43,6 +43,7 @@ from twisted.web.client import (
     FileBodyProducer,
     HTTPConnectionPool,
     PotentialDataLoss,
+    RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
@@ -166,8 +167,9 @@ def nested(compare: Sequence[Op], success: Sequence[Op], failure: Sequence[Op]) 
 
 
 #: What a member that never answered looks like: it could not be reached, or the exchange broke or timed out.
-_NO_ANSWER = (error.ConnectError, error.ConnectionLost, ResponseFailed, RequestTransmissionFailed,
-              defer.TimeoutError, SSL.Error)
+_NO_ANSWER = (error.ConnectError, error.ConnectingCancelledError, error.ConnectionLost, ResponseFailed,
+              RequestGenerationFailed, RequestTransmissionFailed, defer.TimeoutError, defer.CancelledError,
+              SSL.Error)
 
 
 class _Unserving(Exception):

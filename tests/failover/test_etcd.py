@@ -200,3 +200,16 @@ class TLSTests(EtcdTestCase):
                 await client.grant(5)
             self.assertIn(f"no etcd member answered /v3/lease/grant within {CALL_TIMEOUT:g} s",
                           str(raised.exception), what)
+
+    @async_test
+    async def test_a_frozen_tls_member_is_no_answer(self) -> None:
+        """A member whose port takes the connection but never the handshake (etcd frozen) is a member
+        that did not answer, within the call's deadline, wherever the cut lands."""
+        client = self.tls_client(site_files(self.site, "host-a"))
+        self.server.pause()
+        self.addCleanup(self.server.resume)
+        for _ in range(3):
+            began = time.monotonic()
+            with self.assertRaises(EtcdUnavailable):
+                await client.grant(5)
+            self.assertLess(time.monotonic() - began, CALL_TIMEOUT + OVERRUN)
