@@ -142,6 +142,13 @@ class Pair:
         found = await client.get(f"/colod/{self.lab.domain}/owner".encode())
         return None if found is None else dict(json.loads(found.value))
 
+    async def epoch(self) -> int | None:
+        """The domain's newest epoch in etcd; None: none yet."""
+        assert self.etcd is not None
+        client = EtcdClient([self.etcd.url], reactor, tls=self.etcd.tls)
+        found = await client.get(f"/colod/{self.lab.domain}/epoch".encode())
+        return None if found is None else int(found.value)
+
     async def close(self) -> None:
         """Heal what is held, then stop everything, whatever state it is in."""
         for fault in list(self.held):
@@ -271,9 +278,15 @@ async def settle(pair: Pair, watch: Watch, floor: int) -> Outcome:
         runner = lab.primary if now == "primary" else lab.secondary
         if owner["node"] != runner.name:
             violations.append(f"the guest runs on the {now} ({runner.name}), etcd's owner is {owner_name}")
-    if pair.etcd is not None and owner is None and now != "none":
-        violations.append(f"the guest runs on the {now}, and nobody owns the domain in etcd")
     took_over = bool((secondary or {}).get("failed_over"))
+    if pair.etcd is not None and owner is None and now != "none":
+        epoch = await pair.epoch()
+        if not (now == "secondary" and took_over and epoch == (secondary or {}).get("generation")):
+            violations.append(f"the guest runs on the {now}, and nobody owns the domain in etcd "
+                              f"(epoch {epoch})")
+        # else: a node that took over keeps no owner key once its own lease lapsed (docs/engine.md); etcd's
+        # epoch is its generation, so no other node can win the domain.
+        owner_name = f"- (epoch {epoch})"
     data = ""
     if took_over and now == "secondary":
         verdict = lab.verify(lab.secondary)
