@@ -32,12 +32,13 @@ import json
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.internet import reactor, threads
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 
 from colod.failover.etcd import EtcdClient
@@ -102,38 +103,35 @@ class Pair:
         if fault in ETCD_FAULTS and self.etcd is None:
             raise ValueError(f"{fault.value} needs the etcd policy")
         self.held.add(fault)
-        if fault is Fault.LINK:
-            self.proxy.hold(Direction.MAIN)
-            self.proxy.hold(Direction.BACK)
-        elif fault is Fault.PRIMARY_ETCD:
-            self.relays["host-a"].freeze()
-        elif fault is Fault.SECONDARY_ETCD:
-            self.relays["host-b"].freeze()
-        elif fault is Fault.FREEZE_PRIMARY:
-            self.lab.primary.signal_daemon(signal.SIGSTOP)
-        elif fault is Fault.FREEZE_SECONDARY:
-            self.lab.secondary.signal_daemon(signal.SIGSTOP)
-        else:
-            assert self.etcd is not None
-            await threads.deferToThread(self.etcd.stop)
+        await maybeDeferred(self._switch(fault)[0])
 
     async def heal(self, fault: Fault) -> None:
         self.held.discard(fault)
+        await maybeDeferred(self._switch(fault)[1])
+
+    def _switch(self, fault: Fault) -> tuple[Callable[[], object], Callable[[], object]]:
+        """What applies ``fault``, and what heals it (either may return a Deferred)."""
         if fault is Fault.LINK:
-            self.proxy.release(Direction.MAIN)
-            self.proxy.release(Direction.BACK)
-        elif fault is Fault.PRIMARY_ETCD:
-            self.relays["host-a"].thaw()
-        elif fault is Fault.SECONDARY_ETCD:
-            self.relays["host-b"].thaw()
-        elif fault is Fault.FREEZE_PRIMARY:
-            self.lab.primary.signal_daemon(signal.SIGCONT)
-        elif fault is Fault.FREEZE_SECONDARY:
-            self.lab.secondary.signal_daemon(signal.SIGCONT)
-        else:
-            assert self.etcd is not None
-            self.etcd.launch()  # from the reactor's thread: etcd dies with the thread that started it
-            await threads.deferToThread(self.etcd.wait_healthy)
+            return lambda: self._link(self.proxy.hold), lambda: self._link(self.proxy.release)
+        if fault in (Fault.PRIMARY_ETCD, Fault.SECONDARY_ETCD):
+            relay = self.relays["host-a" if fault is Fault.PRIMARY_ETCD else "host-b"]
+            return relay.freeze, relay.thaw
+        if fault in (Fault.FREEZE_PRIMARY, Fault.FREEZE_SECONDARY):
+            node = self.lab.primary if fault is Fault.FREEZE_PRIMARY else self.lab.secondary
+            return lambda: node.signal_daemon(signal.SIGSTOP), lambda: node.signal_daemon(signal.SIGCONT)
+        etcd = self.etcd
+        assert etcd is not None
+
+        def restart() -> Deferred[object]:
+            etcd.launch()  # from the reactor's thread: etcd dies with the thread that started it
+            return threads.deferToThread(etcd.wait_healthy)
+
+        return lambda: threads.deferToThread(etcd.stop), restart
+
+    @staticmethod
+    def _link(act: Callable[[Direction], None]) -> None:
+        for direction in Direction:
+            act(direction)
 
     async def owner(self) -> dict[str, Any] | None:
         """The domain's owner key in etcd (node and epoch), read straight from etcd; None: no owner."""
