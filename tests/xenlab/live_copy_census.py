@@ -21,7 +21,7 @@ import argparse
 import sys
 import time
 
-from colod.testing.xenlab import XenLab, XenLabError
+from colod.testing.xenlab import GUEST_CONFIG, XenLab, XenLabError
 
 GUEST = "hvm1"
 SENDER_LOG = "/var/log/xen/census-sender.log"
@@ -36,11 +36,15 @@ def triple_faults(lab: XenLab) -> int:
     return lab.serial_log.read_text(errors="replace").count(TRIPLE_FAULT)
 
 
-def one_run(lab: XenLab, checkpoints: int) -> tuple[str, str]:
-    """One guest through xl remus; its end ("checkpoints", "triple fault", "deadline", "sender ended") and
-    what was seen."""
+def one_run(lab: XenLab, checkpoints: int, extra: str) -> tuple[str, str]:
+    """One guest (``extra`` appended to its kernel's command line) through xl remus; its end
+    ("checkpoints", "triple fault", "deadline", "sender ended") and what was seen."""
     faults = triple_faults(lab)
-    lab.create_guest(GUEST)
+    if extra:
+        lab.check(f"xl create {GUEST_CONFIG} 'name=\"{GUEST}\"' 'serial=\"file:{lab.guest_serial(GUEST)}\"' "
+                  f"'extra=\"console=ttyS0,115200 quiet loglevel=3 {extra}\"'", timeout=120)
+    else:
+        lab.create_guest(GUEST)
     lab.wait_guest_ticks(GUEST, 10)
     began = time.monotonic()
     lab.check(f"rm -f {SENDER_LOG}; setsid xl -v remus -F -n -d -i 3000 -s '' {GUEST} "
@@ -75,6 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--checkpoints", type=int, default=10)
+    parser.add_argument("--extra", default="", help="appended to the guest kernel's command line")
     args = parser.parse_args()
     counts = {"checkpoints": 0, "triple fault": 0, "deadline": 0, "sender ended": 0}
     try:
@@ -82,15 +87,16 @@ def main() -> int:
             lab.build()
             lab.start()
             for number in range(args.runs):
-                end, seen = one_run(lab, args.checkpoints)
+                end, seen = one_run(lab, args.checkpoints, args.extra)
                 counts[end] += 1
                 print(f"run {number + 1}: {end}: {seen}", flush=True)
     except XenLabError as error:
         print(f"live-copy census: the lab failed: {error}", flush=True)
         return 1
-    print(f"live-copy census, xl remus alone, {args.runs} runs: reached {args.checkpoints} checkpoints "
-          f"{counts['checkpoints']}, triple faults {counts['triple fault']}, deadline {counts['deadline']}, "
-          f"sender ended {counts['sender ended']}", flush=True)
+    kernel = f" (guest kernel + {args.extra!r})" if args.extra else ""
+    print(f"live-copy census, xl remus alone{kernel}, {args.runs} runs: reached {args.checkpoints} "
+          f"checkpoints {counts['checkpoints']}, triple faults {counts['triple fault']}, "
+          f"deadline {counts['deadline']}, sender ended {counts['sender ended']}", flush=True)
     return 0
 
 
