@@ -22,7 +22,7 @@ class DemoTests(ScratchTestCase):
         self.assertIn("demo: NBD is TLS too: the secondary's QEMU lets in only host-a's certificate; it "
                       "refused a plaintext client", out.stdout)
         self.assertIn("the secondary took over", out.stdout)
-        self.assertRegex(out.stdout, r"demo: etcd \(http://127\.0\.0\.1:[0-9]+\): domain demo is owned by "
+        self.assertRegex(out.stdout, r"demo: etcd \(https://localhost:[0-9]+\): domain demo is owned by "
                                      r"host-a in epoch 1, on a lease of 3 s")
         self.assertIn("domain demo is owned by host-b in epoch 2", out.stdout)
         # What it shows of the daemons is colodctl's: both nodes protected, the secondary after the takeover.
