@@ -61,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -96,6 +96,8 @@ GUEST_TIMEOUT = 300.0
 COMMAND_GRACE = 15.0
 POLL_INTERVAL = 0.02
 #: Serial console lines that mean the lab is lost.
+#: Xen's console line for an HVM guest's vCPU that triple-faulted (Xen then shuts the guest down).
+TRIPLE_FAULT = re.compile(r"\bd(\d+)v\d+ Triple fault\b")
 FAILURE_MARKERS = (
     "XENLAB-FAILED:",
     "Kernel panic",
@@ -192,6 +194,7 @@ class XenLab:
         self._serial_tail: collections.deque[str] = collections.deque(maxlen=200)
         self._serial_partial = ""
         self._failure: str | None = None
+        self._triple_faulted: list[int] = []
         self._ready = False
         self._sequence = 0
         # run() may be called from several threads at once (a long command in one).
@@ -397,6 +400,13 @@ class XenLab:
                     self.milestones[name] = now
             if any(marker in line for marker in FAILURE_MARKERS):
                 self._failure = line
+            if fault := TRIPLE_FAULT.search(line):
+                self._triple_faulted.append(int(fault.group(1)))
+
+    def triple_faulted(self) -> list[int]:
+        """The domids of the guests whose vCPU triple-faulted so far, in order, as Xen's console said."""
+        self._read_serial()
+        return list(self._triple_faulted)
 
     def serial_tail(self, lines: int = TAIL_LINES) -> str:
         """The console's last lines."""
@@ -528,13 +538,16 @@ class XenLab:
         """The guest's serial log as the host sees it (dom0's /var/log/xen is in the spool)."""
         return self.xen_log / f"{name}-serial.log"
 
-    def create_guest(self, name: str = "hvm1", memory_mib: int | None = None, timeout: float = 120) -> None:
-        """``xl create`` the HVM test guest, named name, its serial log at guest_serial(name)."""
+    def create_guest(self, name: str = "hvm1", memory_mib: int | None = None, timeout: float = 120,
+                     settings: Sequence[str] = ()) -> None:
+        """``xl create`` the HVM test guest, named name, its serial log at guest_serial(name);
+        settings are more xl.cfg lines (``hap=0``) that override guest.cfg's."""
         if not NAME.fullmatch(name):
             raise XenLabError(f"{name!r} is not a guest name")
         overrides = [f'name="{name}"', f'serial="file:{self.guest_serial(name)}"']
         if memory_mib is not None:
             overrides += [f"memory={memory_mib}", f"maxmem={memory_mib}"]
+        overrides += settings
         self.check(" ".join(["xl", "create", GUEST_CONFIG, *map(shlex.quote, overrides)]), timeout)
 
     def guest_ticks(self, name: str = "hvm1") -> int:

@@ -1,6 +1,6 @@
 """``make xen-test``: two colod daemons protect a real Xen guest through the loss of its host.
 
-    python -m tests.xenlab.xen_test [--checkpoints N]
+    python -m tests.xenlab.xen_test [--checkpoints N] [--attempts N]
 
 Inside the lab's dom0 (colod.testing.xenlab: Xen 4.17 booted under QEMU TCG), a
 primary and a secondary ``twistd colod`` on one dom0 protect the HVM test
@@ -19,7 +19,11 @@ before the last two checkpoints began), never from 1.
 
 Prints one summary line, "xen-test: PASSED ..." or "xen-test: FAILED ...",
 and exits 0 only on a pass.  A lab that cannot be built or booted is a
-failure with its reason.
+failure with its reason.  One failure, and only one, is not the test's
+verdict: the guest triple-faulting under the lab's nested Xen while the
+first pair makes its first copy, before any colod suspended it (LabFault);
+that attempt is reported on a line of its own and the test starts again
+in a fresh lab, ``--attempts`` times at most.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ HEARTBEAT_TIMEOUT = 30.0
 #: Seconds the secondary may take beyond the heartbeat timeout (the issue's bound).
 TAKEOVER_SLACK = 2.0
 PORT = 9000
+#: Fresh labs to try at most (LabFault).
+ATTEMPTS = 3
 TWISTD = "/opt/colod-venv/bin/twistd"
 SECONDARY_SERIAL = f"/var/log/xen/{GUEST}-secondary-serial.log"
 TICK = re.compile(rb"GUEST-TICK (\d+)\r?\n")
@@ -96,6 +102,19 @@ class Failed(Exception):
     """The test failed; says at which step."""
 
 
+class LabFault(Failed):
+    """The guest died under the lab's nested Xen while the first pair made its first copy.
+
+    Until then no colod has done anything to the guest but start
+    libxl-save-helper's live copy, as ``xl remus`` does; in this lab (Xen
+    nested in QEMU TCG) such a copy now and then ends in the guest's triple
+    fault with no colod at all (tests/xenlab/live_copy_census.py,
+    docs/xen.md).  Such an attempt says nothing about colod, so it is made
+    again in a fresh lab; any other failure, a triple fault later on
+    included, fails the test at once.
+    """
+
+
 def status(lab: XenLab, node: str) -> dict[str, Any] | None:
     code, out = lab.run(f"cat /var/lib/colod-{node}/{GUEST}/status.json 2>/dev/null")
     try:
@@ -132,16 +151,27 @@ def secondary_ticks(lab: XenLab) -> list[int]:
     return [int(n) for n in TICK.findall(path.read_bytes())] if path.exists() else []
 
 
-def start_pair(lab: XenLab) -> tuple[int, int, float]:
-    """A secondary, then a primary; their pids once the first checkpoint is complete, and its seconds."""
+def start_pair(lab: XenLab, primary_domid: int, *, first: bool) -> tuple[int, int, float]:
+    """A secondary, then a primary; their pids once the first checkpoint is complete, and its seconds.
+    If the guest triple-faults under Xen meanwhile: LabFault for the first pair (no colod had
+    suspended the guest yet), a failure for a later one."""
     lab.check(f"rm -f /var/lib/colod-host-a/{GUEST}/status.json /var/lib/colod-host-b/{GUEST}/status.json")
+    faults = len(lab.triple_faulted())
     secondary = start_daemon(lab, "host-b", SECONDARY)
     # Starting a Python daemon in a dom0 under nested TCG takes tens of seconds, more on a busy host.
     until("the secondary listening", lambda: lab.run(f"ss -ltn | grep -q ':{PORT} '")[0] == 0, 180, lab)
     primary = start_daemon(lab, "host-a", PRIMARY)
     started = time.monotonic()
-    until("the first checkpoint",
-          lambda: (s := status(lab, "host-a")) is not None and s["protected"], 300, lab)
+
+    def protected() -> bool:
+        if primary_domid in lab.triple_faulted()[faults:]:
+            fault = LabFault if first else Failed
+            raise fault(f"the guest (domain {primary_domid}) triple-faulted under the lab's Xen "
+                        f"{time.monotonic() - started:.0f} s into the {'first' if first else 'second'} "
+                        "pair's first copy (Xen's console)")
+        return (s := status(lab, "host-a")) is not None and bool(s["protected"])
+
+    until("the first checkpoint", protected, 300, lab)
     return primary, secondary, time.monotonic() - started
 
 
@@ -153,7 +183,7 @@ def other_domains(lab: XenLab, primary_domid: int) -> list[str]:
 
 def kill_secondary(lab: XenLab, primary_domid: int) -> str:
     """A secondary colod killed while protecting: no second copy of the guest, ever."""
-    primary, secondary, _ = start_pair(lab)
+    primary, secondary, _ = start_pair(lab, primary_domid, first=True)
     until("three checkpoints", lambda: (s := status(lab, "host-a")) is not None and s["checkpoints"] >= 3,
           120, lab)
     if other_domains(lab, primary_domid) != [f"{GUEST}--incoming"]:
@@ -184,7 +214,7 @@ def run(lab: XenLab, checkpoints: int) -> str:
               "> /etc/xenlab/hvm1-secondary.cfg")
     primary_domid = int(lab.check(f"xl domid {GUEST}"))
     guarded = kill_secondary(lab, primary_domid)
-    primary, _, first = start_pair(lab)
+    primary, _, first = start_pair(lab, primary_domid, first=False)
     until(f"{checkpoints} checkpoints",
           lambda: (s := status(lab, "host-a")) is not None and s["checkpoints"] >= checkpoints, 600, lab)
     done = status(lab, "host-a")
@@ -225,16 +255,28 @@ def run(lab: XenLab, checkpoints: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=int, default=20)
+    parser.add_argument("--attempts", type=int, default=ATTEMPTS,
+                        help="fresh labs to try when the guest dies under the lab's Xen in a first copy")
     args = parser.parse_args()
     started = time.monotonic()
-    try:
-        with XenLab() as lab:
-            figures = run(lab, args.checkpoints)
-    except (Failed, XenLabError) as error:
-        print(f"xen-test: FAILED: {error}", flush=True)
-        return 1
-    print(f"xen-test: PASSED: {figures}; whole run {time.monotonic() - started:.0f} s", flush=True)
-    return 0
+    lost: list[str] = []
+    while len(lost) < args.attempts:
+        try:
+            with XenLab() as lab:
+                figures = run(lab, args.checkpoints)
+        except LabFault as fault:
+            lost.append(str(fault))
+            print(f"xen-test: attempt {len(lost)} lost to the lab: {fault}", flush=True)
+            continue
+        except (Failed, XenLabError) as error:
+            print(f"xen-test: FAILED: {error}", flush=True)
+            return 1
+        print(f"xen-test: PASSED: {figures}; attempts {len(lost) + 1} ({len(lost)} lost to the lab); "
+              f"whole run {time.monotonic() - started:.0f} s", flush=True)
+        return 0
+    print(f"xen-test: FAILED: all {len(lost)} attempts lost to the lab (the guest triple-faulted "
+          f"under Xen in a first copy); whole run {time.monotonic() - started:.0f} s", flush=True)
+    return 1
 
 
 if __name__ == "__main__":
