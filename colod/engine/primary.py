@@ -289,19 +289,23 @@ class PrimaryEngine(EngineCore[PrimaryInputs, PrimaryState]):
         try:
             await self.devices.drop_secondary()
         finally:
-            await self._resume_if_suspended()
+            await self._detach_and_resume()
 
     async def _stop_cleanup(self) -> None:
         try:
             await self.devices.teardown()
         finally:
-            await self._resume_if_suspended()
+            await self._detach_and_resume()
 
-    async def _resume_if_suspended(self) -> None:
-        """Whatever else failed, a guest this engine suspended runs again."""
-        if self._suspended:
-            await self.guest.resume()
-            self._suspended = False
+    async def _detach_and_resume(self) -> None:
+        """Whatever else failed, the guest's replication ends, and then a guest this engine
+        suspended runs again."""
+        try:
+            await self.guest.detach()
+        finally:
+            if self._suspended:
+                await self.guest.resume()
+                self._suspended = False
 
     async def _suspend_guest(self) -> None:
         """Suspend and save the device model's state, as Xen's suspend callback does: the

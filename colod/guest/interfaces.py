@@ -51,6 +51,11 @@ class IPrimaryGuest(IGuestEngine):
     def emulator_records() -> Deferred[Sequence[Record]]:
         """Guest suspended: the device model's records (EMULATOR_CONTEXT) of this checkpoint."""
 
+    def detach() -> Deferred[None]:
+        """No more checkpoints with this secondary: end what the replication holds (the Xen
+        engine's save helper and its dirty tracking) before a guest suspended for a checkpoint
+        runs again; fires once it is ended.  A later first checkpoint starts with copy_live."""
+
     def halt() -> Deferred[None]:
         """Stop the guest for good, outside any checkpoint: another node took it over
         (colod.engine.generation), and this copy must never run again."""

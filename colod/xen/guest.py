@@ -155,6 +155,8 @@ class _Callbacks:
 class XenPrimaryGuest:
     """A running Xen domain on the primary, saved checkpoint by checkpoint through the save helper."""
 
+    log = Logger()
+
     def __init__(self, domain: XenDomain, reactor: IReactorProcess, *, timeout: float,
                  binary: str = HELPER_BINARY, helper_timeouts: HelperTimeouts | None = None) -> None:
         self._domain = domain
@@ -194,6 +196,9 @@ class XenPrimaryGuest:
         self._questions.answer("suspend", GO_ON)
 
     async def _resume(self) -> None:
+        if self._run is None:  # detached: no helper waits for this resume
+            await self._domain.resume()
+            return
         await self._questions.asked("postcopy", self._timeout)
         await self._domain.resume()
         self._questions.answer("postcopy", GO_ON)
@@ -216,28 +221,50 @@ class XenPrimaryGuest:
     def halt(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._domain.pause())
 
+    def detach(self) -> Deferred[None]:
+        """No more checkpoints: the helper is told to stop at its next question, whichever it is,
+        and has ended when this fires.  A guest it suspended is still suspended then, so libxc
+        ended log-dirty tracking before the guest runs again (libxl's order: the save ends, then
+        the guest resumes); a later first checkpoint starts a new helper."""
+        return Deferred.fromCoroutine(self._detach())
+
     def close(self) -> Deferred[None]:
-        """No more checkpoints: the helper ends at its next question (the guest runs on)."""
-        self._questions.answer_when_asked("checkpoint", STOP)
-        self._questions.answer_when_asked("suspend", STOP)  # closed during the live copy
-        if self._run is None:
-            return succeed(None)
-        return self._run.addErrback(lambda _: None).addCallback(lambda _: None)
+        """colod stops: as detach."""
+        return self.detach()
 
     # --- internals --------------------------------------------------------------
 
     def _start(self) -> None:
+        """A new helper, from a first checkpoint on: what an earlier one left is forgotten."""
+        self._questions = _Questions(self._clock)
+        self._stream = HelperStream()
+        self._stream_error = None
+        self._first = True
         command = HelperCommand.save(domid=self._domain.domid, stream_type=StreamType.REMUS)
         self._run = run_helper(self._reactor, command, _Callbacks(self._questions, self._domain),
                                stream_sink=self._receive, binary=self._binary,
                                timeouts=self._helper_timeouts)
-        self._run.addBoth(self._ended)
+        self._run.addBoth(self._ended, self._questions)
+
+    async def _detach(self) -> None:
+        run, questions = self._run, self._questions
+        if run is None:
+            return
+        for question in ("suspend", "postcopy", "checkpoint"):
+            questions.answer_when_asked(question, STOP)
+        try:
+            await run
+        except Exception as error:  # noqa: BLE001 - told to stop, libxc reports a failed save
+            self.log.info("the save helper for domain {domid} ended when told to stop: {error}",
+                          domid=self._domain.domid, error=error)
+        finally:
+            self._run = None
 
     async def _copy_live(self, send: Callable[[Record], None]) -> None:
         """Start the helper; pass its records on until it asks to suspend the guest (records it
         wrote just before asking may still be on the pipe: they wait for L{first_records})."""
-        self._stream.live = send
         self._start()
+        self._stream.live = send
         try:
             await self._questions.asked("suspend", self._timeout)
         finally:
@@ -252,10 +279,11 @@ class XenPrimaryGuest:
         except StreamError as error:
             self._stream_error = error
 
-    def _ended(self, result: HelperResult | Failure) -> HelperResult | Failure:
+    @staticmethod
+    def _ended(result: HelperResult | Failure, questions: _Questions) -> HelperResult | Failure:
         reason = result if isinstance(result, Failure) else Failure(
             XenGuestError("the save helper ended (it was told to stop)"))
-        self._questions.end(reason)
+        questions.end(reason)
         return result
 
     async def _checkpoint_records(self) -> Sequence[Record]:

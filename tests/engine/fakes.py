@@ -81,6 +81,9 @@ class FakeGuest:
     def checkpoint_records(self, secondary_dirty: CheckpointDirtyPfnList) -> Deferred[list[Record]]:
         return self._world.call("checkpoint_records")
 
+    def detach(self) -> Deferred[None]:
+        return self._world.call("detach")
+
     def halt(self) -> Deferred[None]:
         return self._world.call("halt")
 

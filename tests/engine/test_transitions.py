@@ -108,9 +108,13 @@ class Harness:
             self.world.answer()
 
     def step_fails(self) -> None:
-        """The step under way fails; with none under way, the machine hears of one all the same."""
+        """The step under way fails (what it does after the failure, such as a resume in a finally,
+        is answered); with none under way, the machine hears of one all the same."""
         if self.world.pending:
+            state = self.engine.state
             self.world.fail()
+            while self.world.pending and self.engine.state is state:
+                self.world.answer()
         else:
             self.engine.machine.step_failed(Failure(RuntimeError("a step failed")))
 
@@ -596,8 +600,26 @@ class TransitionTests(SynchronousTestCase):
         self.assertIs(h.engine.state, _P.DROPPING_SECONDARY)
         self.assertIn("checkpoint 2 not complete after 60 s", h.engine.error or "")
         h.world.finish()
-        self.assertEqual((h.engine.state, h.world.calls[-2:]), (_P.UNPROTECTED, ["devices.drop_secondary",
-                                                                                "resume"]))
+        self.assertEqual((h.engine.state, h.world.calls[-3:]),
+                         (_P.UNPROTECTED, ["devices.drop_secondary", "detach", "resume"]))
+
+    def test_replication_ends_before_the_suspended_guest_resumes(self) -> None:
+        """A secondary dropped while the guest is suspended: the guest's replication is detached first
+        (the Xen engine's save helper ends its dirty tracking with the guest still suspended, as
+        libxl's order is), then the guest resumes, also when detaching fails."""
+        for detach_fails in (False, True):
+            with self.subTest(detach_fails=detach_fails):
+                h = Harness(Role.PRIMARY)
+                for input in PRIMARY_PATHS[_P.AWAITING_SVM_SUSPENDED]:
+                    APPLY[input](h)
+                h.clock.advance(TIMEOUT)
+                while h.world.pending and h.world.pending[0][0] != "detach":
+                    h.world.answer()
+                self.assertNotIn("resume", h.world.calls[-2:], "resumed before the replication was detached")
+                (h.world.fail if detach_fails else h.world.answer)()
+                h.world.finish()
+                self.assertEqual((h.engine.state, h.world.calls[-3:]),
+                                 (_P.UNPROTECTED, ["devices.drop_secondary", "detach", "resume"]))
 
     def test_paused_checkpoints_wait_for_a_request_or_resume(self) -> None:
         """Paused, the interval starts no checkpoint; a request still does, and resuming starts one now."""

@@ -125,6 +125,29 @@ class XenPrimaryGuestTests(DriverTestCase):
         await guest.close()
 
     @async_test
+    async def test_detached_mid_checkpoint_the_helper_ends_before_the_guest_resumes(self) -> None:
+        """The secondary is lost while the guest is suspended: the helper is told to stop at its
+        postcopy question, ends its dirty tracking and exits (as libxc does), and only then does
+        the guest resume; a new secondary's first checkpoint starts a new helper from the top."""
+        rounds = helper_rounds(1)
+        stopped = [["send", "switch_qemu_logdirty", 7, 1], ["expect", 0], ["send", "suspend"], ["expect", 1],
+                   ["write_hex", "io_fd", hexed(rounds[0])], ["send", "postcopy"], ["expect", 0],
+                   ["send", "switch_qemu_logdirty", 7, 0], ["expect", 0], ["send", "complete", -1, 0],
+                   ["expect", 0]]
+        guest, xen = self.guest(rounds)
+        os.environ["STAND_IN_SCENARIO"] = json.dumps(stopped)
+        for _ in range(2):
+            await guest.copy_live(lambda record: None)
+            await guest.suspend()
+            self.assertEqual(list(await guest.first_records()), rounds[0][:-1])
+            await guest.detach()
+            # The helper's last act was to end dirty tracking, and nothing has resumed the guest yet.
+            self.assertEqual(xen.calls[-1], ("qmp", "xen-set-global-dirty-log", {"enable": False}))
+            await guest.resume()
+            self.assertEqual(xen.calls[-3:], [("qmp", "cont", None), ("domain_resume", 7, 1),
+                                              ("xs.resume_domain", 7)])
+
+    @async_test
     async def test_a_first_suspend_without_the_live_copy_is_refused(self) -> None:
         guest, _ = self.guest(helper_rounds(1))
         with self.assertRaises(XenGuestError) as caught:
