@@ -95,9 +95,9 @@ GUEST_TIMEOUT = 300.0
 #: result: the runner's SIGTERM-to-SIGKILL grace, its poll, the 9p round trips.
 COMMAND_GRACE = 15.0
 POLL_INTERVAL = 0.02
-#: Serial console lines that mean the lab is lost.
 #: Xen's console line for an HVM guest's vCPU that triple-faulted (Xen then shuts the guest down).
 TRIPLE_FAULT = re.compile(r"\bd(\d+)v\d+ Triple fault\b")
+#: Serial console lines that mean the lab is lost.
 FAILURE_MARKERS = (
     "XENLAB-FAILED:",
     "Kernel panic",
