@@ -80,7 +80,13 @@ MEMORY = "4G"
 #: dom0's share of it: Xen's daemons, one device-model QEMU per guest, two
 #: colods and their Python; Xen keeps the rest (about 2.5 GiB) for guests.
 DOM0_MEMORY = "1536M"
-CPUS = 2
+#: Xen's physical CPUs (the VM's vCPUs): dom0's vCPUs are pinned to the first DOM0_CPUS, the
+#: guests of /etc/xenlab/guest.cfg to the last (tools/xenlab/dom0-init, guest.cfg).  Sharing its CPU
+#: with a busy dom0, the guest triple-faults in live copies under this nested Xen, and a dom0 with
+#: one CPU starts colod's daemons too slowly; the guest's CPU idles while it waits, so the host's
+#: two cores carry three.
+CPUS = 3
+DOM0_CPUS = 2
 #: Free memory (MemAvailable) the host needs to start the lab: the VM's memory
 #: and QEMU's own, with room for the peak seen (about 5.3 GiB).
 MIN_FREE_MEMORY = 6 * GiB
@@ -164,7 +170,6 @@ class XenLab:
         cache: str | Path | None = None,
         memory: str = MEMORY,
         dom0_memory: str = DOM0_MEMORY,
-        cpus: int = CPUS,
         tree: str | Path = TREE,
         progress: Callable[[str], None] | None = _default_progress,
     ) -> None:
@@ -178,7 +183,6 @@ class XenLab:
         self.qemu_log = self.run_dir / "qemu.log"
         self.memory = memory
         self.dom0_memory = dom0_memory
-        self.cpus = cpus
         self.tree = Path(tree).resolve()
         self.tools = self.tree / "tools" / "xenlab"
         self._progress = progress or (lambda message: None)
@@ -316,13 +320,13 @@ class XenLab:
     def qemu_command(self) -> list[str]:
         xen_args = (
             f"console=com1 com1=115200,8n1 dom0_mem={self.dom0_memory},max:{self.dom0_memory} "
-            f"dom0_max_vcpus={self.cpus} loglvl=all guest_loglvl=all console_timestamps=boot noreboot"
+            f"dom0_max_vcpus={DOM0_CPUS} loglvl=all guest_loglvl=all console_timestamps=boot noreboot"
         )
         dom0_args = "root=/dev/vda rw console=hvc0 earlyprintk=xen quiet init=/sbin/xenlab-init"
         return [
             QEMU_BINARY, "-name", "colod-xenlab",
             "-machine", "q35,accel=tcg", "-cpu", "qemu64,+svm,+npt",
-            "-smp", str(self.cpus), "-m", self.memory,
+            "-smp", str(CPUS), "-m", self.memory,
             "-nodefaults", "-display", "none", "-no-reboot",
             "-chardev", f"socket,id=serial0,path={self.run_dir / 'serial.sock'},server=on,wait=off,"
                         f"logfile={self.serial_log}",
