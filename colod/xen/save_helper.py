@@ -75,6 +75,9 @@ MODES: Mapping[Side, str] = {Side.SAVE: "--save-domain", Side.RESTORE: "--restor
 FAILURE_REPLIES: Mapping[type[Message], int] = {
     Suspend: 0, Postcopy: 0, Checkpoint: 0, WaitCheckpoint: 0, SwitchQemuLogdirty: -1, StaticDataDone: -3,
 }
+#: The checkpoint callbacks: the toolstack answering one with its failure reply
+#: (0) ends the save, as libxl does to stop Remus or COLO.
+CHECKPOINT_CALLBACKS = (Suspend, Postcopy, Checkpoint, WaitCheckpoint)
 #: libxl's reply to complete, after which the helper exits.
 COMPLETE_REPLY = 0
 #: What a reply can carry.
@@ -462,6 +465,9 @@ class HelperProcess(ProcessProtocol):
         #: We killed it: whatever it still writes is ignored.
         self._killed = False
         self._ended = False
+        #: The toolstack ended the save (L{CHECKPOINT_CALLBACKS}): libxc's error lines after that
+        #: are its account of the end it was told, not a fault, and are logged at info.
+        self._told_to_end = False
         #: The callback it is blocked on, and the call's Deferred.
         self._waiting: tuple[MessageSpec, Deferred[int]] | None = None
         self._silence: IDelayedCall | None = None
@@ -558,10 +564,13 @@ class HelperProcess(ProcessProtocol):
 
     def _log(self, message: Log) -> None:
         line = f"{message.context}: {message.text}{_errno_text(message.errno)}"
+        level = LOG_LEVELS.get(message.level, LogLevel.warn)
         if message.level >= XTL_ERROR:
             self._logged_errors.append(line)
-        self.log.emit(LOG_LEVELS.get(message.level, LogLevel.warn), "{what}: {line}", what=self.what,
-                      line=line, xtl_level=message.level, helper_errno=message.errno)
+            if self._told_to_end:
+                level, line = LogLevel.info, f"{line} (told to end the save)"
+        self.log.emit(level, "{what}: {line}", what=self.what, line=line,
+                      xtl_level=message.level, helper_errno=message.errno)
 
     def _notify(self, message: RestoreResults) -> None:
         try:
@@ -588,6 +597,8 @@ class HelperProcess(ProcessProtocol):
             self._callbackFailed(Failure(TypeError(f"returned {value!r}, not a C int")), cls)
             return
         self.log.debug("{what}: {callback} -> {value}", what=self.what, callback=cls.SPEC.name, value=value)
+        if cls in CHECKPOINT_CALLBACKS and value == FAILURE_REPLIES[cls]:
+            self._told_to_end = True
         self._reply(value)
 
     def _callbackFailed(self, failure: Failure, cls: type[Message]) -> None:

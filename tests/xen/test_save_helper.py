@@ -370,6 +370,24 @@ class CallbackLoopTests(DriverTestCase):
                          + [LogLevel.warn, LogLevel.error, LogLevel.critical, LogLevel.warn])
 
     @async_test
+    async def test_errors_after_the_toolstack_ended_the_save_are_logged_at_info(self) -> None:
+        """A 0 to a checkpoint callback is the toolstack ending the save (colod's detach does it): libxc's
+        "Save failed" after it is its account of that end, logged at info; the run's error still quotes it.
+        The same line after a callback that failed stays an error."""
+        what = "libxl-save-helper --save-domain for domain 5"
+        scenario = [["send", "suspend"], ["expect", 0],
+                    ["send", "log", 8, 0, "xc", "Save failed (0 = Success): Internal error"],
+                    ["send", "complete", -1, 0], ["expect", 0]]
+        error = await self.failure(HelperFailed, PLAIN_SAVE, Recorder(suspend=0), scenario)
+        self.assertIn("it said: xc: Save failed (0 = Success): Internal error", str(error))
+        self.assertIn((LogLevel.info, f"{what}: xc: Save failed (0 = Success): Internal error "
+                                      "(told to end the save)"), self.logged)
+        self.assertEqual([text for level, text in self.logged if level >= LogLevel.error], [])
+
+        await self.failure(CallbackFailed, PLAIN_SAVE, Recorder(suspend=RuntimeError("no guest")), scenario)
+        self.assertIn((LogLevel.error, f"{what}: xc: Save failed (0 = Success): Internal error"), self.logged)
+
+    @async_test
     async def test_failed_callbacks_get_libxls_failure_reply(self) -> None:
         """The helper gets what libxl replies on failure and goes on; the run fails naming the callback."""
         for command, name, args, reply in [
