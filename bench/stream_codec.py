@@ -2,12 +2,12 @@
 """
 Throughput of the codec on its hot path: PAGE_DATA batches of 1024 pages.
 
-Usage: python bench/stream_codec.py [MiB]   (default 512 MiB of pages)
+Usage: python bench/stream_codec.py [MIB]   (default 512 MiB of pages)
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 from colod.protocol import (
@@ -27,8 +27,21 @@ PAGES_PER_RECORD = 1024
 CHUNK = 256 * 1024  # a typical socket read
 
 
+MIN_MIB = PAGES_PER_RECORD * 4096 >> 20  # one record's pages
+
+
+def mib_count(text: str) -> int:
+    """The command line's MiB: a whole number, at least one record's worth."""
+    if not text.isdigit() or int(text) < MIN_MIB:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB of at least {MIN_MIB}")
+    return int(text)
+
+
 def main() -> None:
-    total_mib = int(sys.argv[1]) if len(sys.argv) > 1 else 512
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("mib", nargs="?", type=mib_count, default=512, metavar="MIB",
+                        help=f"MiB of pages to encode and decode, at least {MIN_MIB} (default 512)")
+    total_mib = parser.parse_args().mib
     records = total_mib * 1024 * 1024 // (PAGES_PER_RECORD * 4096)
     batch = PageData(
         pfns=range(PAGES_PER_RECORD), types=bytes(PAGES_PER_RECORD), data=bytes(PAGES_PER_RECORD * 4096)
