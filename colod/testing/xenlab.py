@@ -542,16 +542,12 @@ class XenLab:
         """The guest's serial log as the host sees it (dom0's /var/log/xen is in the spool)."""
         return self.xen_log / f"{name}-serial.log"
 
-    def create_guest(self, name: str = "hvm1", memory_mib: int | None = None, timeout: float = 120,
-                     settings: Sequence[str] = ()) -> None:
+    def create_guest(self, name: str = "hvm1", timeout: float = 120, settings: Sequence[str] = ()) -> None:
         """``xl create`` the HVM test guest, named name, its serial log at guest_serial(name);
-        settings are more xl.cfg lines (``hap=0``) that override guest.cfg's."""
+        settings are more xl.cfg lines (``memory=512``) that override guest.cfg's."""
         if not NAME.fullmatch(name):
             raise XenLabError(f"{name!r} is not a guest name")
-        overrides = [f'name="{name}"', f'serial="file:{self.guest_serial(name)}"']
-        if memory_mib is not None:
-            overrides += [f"memory={memory_mib}", f"maxmem={memory_mib}"]
-        overrides += settings
+        overrides = [f'name="{name}"', f'serial="file:{self.guest_serial(name)}"', *settings]
         self.check(" ".join(["xl", "create", GUEST_CONFIG, *map(shlex.quote, overrides)]), timeout)
 
     def guest_ticks(self, name: str = "hvm1") -> int:
