@@ -151,6 +151,37 @@ class _Callbacks:
         return LOGDIRTY_DONE
 
 
+class _SaveRun:
+    """One run of the save helper, from a first checkpoint until it ends: its questions, its stream."""
+
+    def __init__(self, reactor: IReactorProcess, domain: XenDomain, binary: str,
+                 timeouts: HelperTimeouts) -> None:
+        self.questions = _Questions(IReactorTime(reactor))
+        self.stream = HelperStream()
+        #: Why the stream became unreadable: no checkpoint comes after it.
+        self.stream_error: StreamError | None = None
+        #: No checkpoint question comes before the first suspend.
+        self.first = True
+        command = HelperCommand.save(domid=domain.domid, stream_type=StreamType.REMUS)
+        self.result = run_helper(reactor, command, _Callbacks(self.questions, domain),
+                                 stream_sink=self._receive, binary=binary, timeouts=timeouts)
+        self.result.addBoth(self._ended)
+
+    def _receive(self, data: bytes) -> None:
+        if self.stream_error is not None:
+            return
+        try:
+            self.stream.receive_data(data)
+        except StreamError as error:
+            self.stream_error = error
+
+    def _ended(self, result: HelperResult | Failure) -> HelperResult | Failure:
+        reason = result if isinstance(result, Failure) else Failure(
+            XenGuestError("the save helper ended (it was told to stop)"))
+        self.questions.end(reason)
+        return result
+
+
 @implementer(IPrimaryGuest)
 class XenPrimaryGuest:
     """A running Xen domain on the primary, saved checkpoint by checkpoint through the save helper."""
@@ -167,11 +198,8 @@ class XenPrimaryGuest:
         self._timeout = timeout
         self._binary = binary
         self._helper_timeouts = helper_timeouts or HelperTimeouts(callback=timeout)
-        self._questions = _Questions(self._clock)
-        self._stream = HelperStream()
-        self._run: Deferred[HelperResult] | None = None
-        self._first = True
-        self._stream_error: StreamError | None = None
+        #: The helper's run, from a first checkpoint until detach.
+        self._save: _SaveRun | None = None
         #: Seconds spent copying pages: the helper copies them, outside colod.
         self.copy_seconds = 0.0
         self.description = f"Xen domain {domain.domid} (save helper {binary}; checkpoint mode)"
@@ -185,23 +213,23 @@ class XenPrimaryGuest:
         return Deferred.fromCoroutine(self._resume())
 
     async def _suspend(self) -> None:
-        if self._run is None:
-            raise XenGuestError("the save helper is not running: a first checkpoint begins with copy_live")
-        if not self._first:
-            await self._questions.asked("checkpoint", self._timeout)
-            self._questions.answer("checkpoint", GO_ON)
-        self._first = False
-        await self._questions.asked("suspend", self._timeout)
+        save = self._running()
+        if not save.first:
+            await save.questions.asked("checkpoint", self._timeout)
+            save.questions.answer("checkpoint", GO_ON)
+        save.first = False
+        await save.questions.asked("suspend", self._timeout)
         await self._domain.suspend()
-        self._questions.answer("suspend", GO_ON)
+        save.questions.answer("suspend", GO_ON)
 
     async def _resume(self) -> None:
-        if self._run is None:  # detached: no helper waits for this resume
+        save = self._save
+        if save is None:  # detached: no helper waits for this resume
             await self._domain.resume()
             return
-        await self._questions.asked("postcopy", self._timeout)
+        await save.questions.asked("postcopy", self._timeout)
         await self._domain.resume()
-        self._questions.answer("postcopy", GO_ON)
+        save.questions.answer("postcopy", GO_ON)
 
     def copy_live(self, send: Callable[[Record], None]) -> Deferred[None]:
         return Deferred.fromCoroutine(self._copy_live(send))
@@ -234,66 +262,45 @@ class XenPrimaryGuest:
 
     # --- internals --------------------------------------------------------------
 
-    def _start(self) -> None:
-        """A new helper, from a first checkpoint on: what an earlier one left is forgotten."""
-        self._questions = _Questions(self._clock)
-        self._stream = HelperStream()
-        self._stream_error = None
-        self._first = True
-        command = HelperCommand.save(domid=self._domain.domid, stream_type=StreamType.REMUS)
-        self._run = run_helper(self._reactor, command, _Callbacks(self._questions, self._domain),
-                               stream_sink=self._receive, binary=self._binary,
-                               timeouts=self._helper_timeouts)
-        self._run.addBoth(self._ended, self._questions)
+    def _running(self) -> _SaveRun:
+        if self._save is None:
+            raise XenGuestError("the save helper is not running: a first checkpoint begins with copy_live")
+        return self._save
 
     async def _detach(self) -> None:
-        run, questions = self._run, self._questions
-        if run is None:
+        save = self._save
+        if save is None:
             return
         for question in ("suspend", "postcopy", "checkpoint"):
-            questions.answer_when_asked(question, STOP)
+            save.questions.answer_when_asked(question, STOP)
         try:
-            await run
+            await save.result
         except Exception as error:  # noqa: BLE001 - told to stop, libxc reports a failed save
             self.log.info("the save helper for domain {domid} ended when told to stop: {error}",
                           domid=self._domain.domid, error=error)
         finally:
-            self._run = None
+            self._save = None
 
     async def _copy_live(self, send: Callable[[Record], None]) -> None:
-        """Start the helper; pass its records on until it asks to suspend the guest (records it
-        wrote just before asking may still be on the pipe: they wait for L{first_records})."""
-        self._start()
-        self._stream.live = send
+        """Start a helper (what an earlier one left is forgotten); pass its records on until it asks
+        to suspend the guest (records it wrote just before asking may still be on the pipe: they
+        wait for L{first_records})."""
+        save = self._save = _SaveRun(self._reactor, self._domain, self._binary, self._helper_timeouts)
+        save.stream.live = send
         try:
-            await self._questions.asked("suspend", self._timeout)
+            await save.questions.asked("suspend", self._timeout)
         finally:
-            self._stream.live = None
-
-    def _receive(self, data: bytes) -> None:
-        """The helper's stream bytes; a malformed stream is kept as the reason no checkpoint comes."""
-        if self._stream_error is not None:
-            return
-        try:
-            self._stream.receive_data(data)
-        except StreamError as error:
-            self._stream_error = error
-
-    @staticmethod
-    def _ended(result: HelperResult | Failure, questions: _Questions) -> HelperResult | Failure:
-        reason = result if isinstance(result, Failure) else Failure(
-            XenGuestError("the save helper ended (it was told to stop)"))
-        questions.end(reason)
-        return result
+            save.stream.live = None
 
     async def _checkpoint_records(self) -> Sequence[Record]:
         """The helper's records of this checkpoint: its CHECKPOINT record came before its
         question, but on the stream's pipe, which the reactor may not have read yet."""
-        await self._questions.asked("postcopy", self._timeout)
-        while (records := self._stream.next_checkpoint()) is None:
-            if self._stream_error is not None:
-                raise XenGuestError(f"the save helper's stream: {self._stream_error}")
-            if self._questions.ended is not None:
+        save = self._running()
+        await save.questions.asked("postcopy", self._timeout)
+        while (records := save.stream.next_checkpoint()) is None:
+            if save.stream_error is not None:
+                raise XenGuestError(f"the save helper's stream: {save.stream_error}")
+            if save.questions.ended is not None:
                 raise XenGuestError("the save helper ended without a complete checkpoint")
             await deferLater(self._clock, STREAM_POLL_INTERVAL, lambda: None)
         return records
