@@ -523,6 +523,13 @@ class TransitionTests(SynchronousTestCase):
         self.assertEqual(h.world.calls.count("devices.failover"), int(role_of(h) is Role.SECONDARY and (
             transition.old in _TOOK_OVER or transition.new is _S.FAILING_OVER)))
 
+    def harness(self, role: Role, policy: type[FakePolicy] = FakePolicy) -> Harness:
+        """A harness that is stopped clean after the test: a step left waiting would otherwise be
+        closed by the garbage collector, which cannot run the awaits in its finally."""
+        h = Harness(role, policy)
+        self.addCleanup(self.assert_stops_clean, h)
+        return h
+
     def assert_stops_clean(self, h: Harness) -> None:
         """Stopped and its steps done, the engine leaves no timer behind and no request unanswered."""
         h.engine.shutdown()
@@ -539,7 +546,7 @@ class TransitionTests(SynchronousTestCase):
 
     def test_records_wait_for_the_step(self) -> None:
         """A record that arrives while a step runs is fed to the machine once the step is done."""
-        h = Harness(Role.PRIMARY)
+        h = self.harness(Role.PRIMARY)
         for input in PRIMARY_PATHS[_P.SUSPENDING]:
             APPLY[input](h)
         h.receive(CheckpointState(CheckpointId.SVM_SUSPENDED))
@@ -549,7 +556,7 @@ class TransitionTests(SynchronousTestCase):
 
     def test_record_not_allowed_names_it_and_the_state(self) -> None:
         """A record the state has no transition for is a protocol error, told to the peer."""
-        h = Harness(Role.PRIMARY)
+        h = self.harness(Role.PRIMARY)
         for input in PRIMARY_PATHS[_P.PROTECTED]:
             APPLY[input](h)
         h.receive(CheckpointState(CheckpointId.SVM_SUSPENDED))
@@ -560,14 +567,14 @@ class TransitionTests(SynchronousTestCase):
 
     def test_link_refused_by_name_of_state(self) -> None:
         """A link the machine cannot take is refused, naming the state."""
-        h = Harness(Role.PRIMARY)
+        h = self.harness(Role.PRIMARY)
         h.engine.qemu_lost("QEMU exited")
         _link(h)
         self.assertEqual((h.link.ended, h.engine.link), ("refused: domain guest is guest lost", None))
 
     def test_step_ending_at_once(self) -> None:
         """A step that ends inside the transition that started it is fed on the clock's next turn."""
-        h = Harness(Role.SECONDARY)
+        h = self.harness(Role.SECONDARY)
         h.engine.devices.teardown = lambda: succeed(None)  # type: ignore[method-assign]
         for input in SECONDARY_PATHS[_S.RUNNING]:
             APPLY[input](h)
@@ -578,7 +585,7 @@ class TransitionTests(SynchronousTestCase):
 
     def test_requested_checkpoint_answered(self) -> None:
         """A checkpoint requested mid-round is the next one, started at once, and answered with its number."""
-        h = Harness(Role.PRIMARY)
+        h = self.harness(Role.PRIMARY)
         for input in PRIMARY_PATHS[_P.SUSPENDING]:
             APPLY[input](h)
         h.request()
@@ -593,7 +600,7 @@ class TransitionTests(SynchronousTestCase):
 
     def test_checkpoint_overdue_drops_the_secondary(self) -> None:
         """A checkpoint not complete after the checkpoint timeout drops the secondary; the guest resumes."""
-        h = Harness(Role.PRIMARY)
+        h = self.harness(Role.PRIMARY)
         for input in PRIMARY_PATHS[_P.AWAITING_SVM_SUSPENDED]:
             APPLY[input](h)
         h.clock.advance(TIMEOUT)
@@ -609,7 +616,7 @@ class TransitionTests(SynchronousTestCase):
         libxl's order is), then the guest resumes, also when detaching fails."""
         for detach_fails in (False, True):
             with self.subTest(detach_fails=detach_fails):
-                h = Harness(Role.PRIMARY)
+                h = self.harness(Role.PRIMARY)
                 for input in PRIMARY_PATHS[_P.AWAITING_SVM_SUSPENDED]:
                     APPLY[input](h)
                 h.clock.advance(TIMEOUT)
@@ -623,7 +630,7 @@ class TransitionTests(SynchronousTestCase):
 
     def test_paused_checkpoints_wait_for_a_request_or_resume(self) -> None:
         """Paused, the interval starts no checkpoint; a request still does, and resuming starts one now."""
-        h = Harness(Role.PRIMARY)
+        h = self.harness(Role.PRIMARY)
         for input in PRIMARY_PATHS[_P.PROTECTED]:
             APPLY[input](h)
         assert isinstance(h.engine, PrimaryEngine)
@@ -648,7 +655,7 @@ class TransitionTests(SynchronousTestCase):
     def test_an_operators_request_is_taken_at_the_next_look(self) -> None:
         """colodctl's failover is a request like colod failover's (its policy's requests may claim
         first): taken up at the engine's next look, not at once."""
-        h = Harness(Role.SECONDARY)
+        h = self.harness(Role.SECONDARY)
         for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
             APPLY[input](h)
         h.engine.request_failover("colodctl")
@@ -661,7 +668,7 @@ class TransitionTests(SynchronousTestCase):
         """Awaiting the operator under a policy whose no may change (etcd), the secondary asks it again every
         recheck_interval, one question at a time: a no keeps the copy and waits on; a yes
         takes over.  A policy whose no stands (fence, manual) is not asked again."""
-        h = Harness(Role.SECONDARY, FakeRecheckingPolicy)
+        h = self.harness(Role.SECONDARY, FakeRecheckingPolicy)
         for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
             APPLY[input](h)
         h.clock.advance(FakeRecheckingPolicy.recheck_interval * 3)
@@ -678,7 +685,7 @@ class TransitionTests(SynchronousTestCase):
         self.assertEqual(h.world.calls[-2:], ["devices.failover", "take_over"])
         self.assert_stops_clean(h)
 
-        plain = Harness(Role.SECONDARY)
+        plain = self.harness(Role.SECONDARY)
         for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
             APPLY[input](plain)
         plain.clock.advance(FakeRecheckingPolicy.recheck_interval * 3)
@@ -687,7 +694,7 @@ class TransitionTests(SynchronousTestCase):
     def test_a_late_yes_after_an_operators_takeover_changes_nothing(self) -> None:
         """A recheck's yes that comes after the operator's request took the secondary over is not a second
         takeover."""
-        h = Harness(Role.SECONDARY, FakeRecheckingPolicy)
+        h = self.harness(Role.SECONDARY, FakeRecheckingPolicy)
         for input in SECONDARY_PATHS[_S.AWAITING_OPERATOR]:
             APPLY[input](h)
         h.clock.advance(FakeRecheckingPolicy.recheck_interval)
@@ -702,7 +709,7 @@ class TransitionTests(SynchronousTestCase):
     def test_a_secondarys_first_checkpoint_removes_the_superseded_mark(self) -> None:
         """A node once taken over from holds the newest data again with its first checkpoint as a secondary:
         its mark goes then, not at the link."""
-        h = Harness(Role.SECONDARY)
+        h = self.harness(Role.SECONDARY)
         h.generation.supersede("primary", 1)
         for input in SECONDARY_PATHS[_S.RESUMING]:
             APPLY[input](h)
@@ -714,7 +721,7 @@ class TransitionTests(SynchronousTestCase):
     def test_what_the_secondary_refuses(self) -> None:
         """Checkpoints are the primary's to start, pause and resume; a failover on request only while the
         secondary waits for the operator's decision."""
-        h = Harness(Role.SECONDARY)
+        h = self.harness(Role.SECONDARY)
         for request in (h.engine.pause_checkpoints, h.engine.resume_checkpoints):
             self.assertRaises(RequestRefused, request)
         self.assertRaisesRegex(RequestRefused, "domain guest is not waiting for a failover decision \\(it is "
