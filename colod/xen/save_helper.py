@@ -68,16 +68,16 @@ ARGUMENTS: Mapping[Side, tuple[str, ...]] = {
                    "console_evtchn", "console_domid", "cbflags", "stream_type"),
 }
 MODES: Mapping[Side, str] = {Side.SAVE: "--save-domain", Side.RESTORE: "--restore-domain"}
+#: The toolstack answering one of the four checkpoint callbacks with its failure reply (0) ends the
+#: save, as libxl does to stop Remus or COLO.
+CHECKPOINT_CALLBACKS = (Suspend, Postcopy, Checkpoint, WaitCheckpoint)
 #: What libxl 4.17 replies when its own callback fails, so that libxc takes
 #: the same error path as under libxl: 0 for the four checkpoint callbacks
 #: (libxl_dom_suspend.c, libxl_remus.c, libxl_colo_*.c), -1 for logdirty
 #: (libxl_dom_save.c), ERROR_FAIL for static_data_done (libxl_create.c).
 FAILURE_REPLIES: Mapping[type[Message], int] = {
-    Suspend: 0, Postcopy: 0, Checkpoint: 0, WaitCheckpoint: 0, SwitchQemuLogdirty: -1, StaticDataDone: -3,
+    **dict.fromkeys(CHECKPOINT_CALLBACKS, 0), SwitchQemuLogdirty: -1, StaticDataDone: -3,
 }
-#: The checkpoint callbacks: the toolstack answering one with its failure reply
-#: (0) ends the save, as libxl does to stop Remus or COLO.
-CHECKPOINT_CALLBACKS = (Suspend, Postcopy, Checkpoint, WaitCheckpoint)
 #: libxl's reply to complete, after which the helper exits.
 COMPLETE_REPLY = 0
 #: What a reply can carry.
